@@ -1,0 +1,83 @@
+"""The Perceiver IO model: preprocess, encode, decode, postprocess.
+
+Shape letters: B batch, M inputs, C input channels, N latents, D latent
+channels, O outputs.
+"""
+
+import haiku as hk
+
+
+class Perceiver(hk.Module):
+  """Wires a preprocessor, an encoder, a decoder and a postprocessor.
+
+  The parts are constructed by the caller, outside this module, so that their
+  parameters keep DeepMind's top-level names (`perceiver_encoder/...`,
+  `classification_decoder/...`).
+  """
+
+  def __init__(
+    self,
+    encoder,
+    decoder,
+    input_preprocessor=None,
+    output_postprocessor=None,
+    name: str = 'perceiver',
+  ):
+    super().__init__(name=name)
+    self._encoder = encoder
+    self._decoder = decoder
+    self._input_preprocessor = input_preprocessor
+    self._output_postprocessor = output_postprocessor
+
+  def __call__(
+    self,
+    inputs,
+    *,
+    is_training,
+    subsampled_output_points=None,
+    pos=None,
+    input_mask=None,
+    query_mask=None,
+  ):
+    """Runs the model.
+
+    Args:
+      inputs: raw inputs for the preprocessor, or [B, M, C] without one.
+      is_training: enables dropout and BatchNorm statistics updates.
+      subsampled_output_points: flat output indices to decode (a dict per
+        modality for multimodal decoders), or None for all outputs.
+      pos: optional input positions for the preprocessor.
+      input_mask: optional [B, M] mask of the encoder's inputs.
+      query_mask: optional [B, O] mask of the decoder's queries.
+
+    Returns:
+      The decoder's (postprocessed) outputs.
+    """
+    if self._input_preprocessor is not None:
+      inputs, modality_sizes, inputs_without_pos = self._input_preprocessor(
+        inputs, pos=pos, is_training=is_training
+      )
+    else:
+      modality_sizes, inputs_without_pos = None, None
+
+    encoder_query = self._encoder.latents(inputs)  # [B, N, D]
+    decoder_query = self._decoder.decoder_query(
+      inputs,
+      modality_sizes,
+      inputs_without_pos,
+      subsampled_points=subsampled_output_points,
+    )  # [B, O, C']
+
+    z = self._encoder(
+      inputs, encoder_query, is_training=is_training, input_mask=input_mask
+    )  # [B, N, D]
+    _, output_modality_sizes = self._decoder.output_shape(inputs)
+    output_modality_sizes = output_modality_sizes or modality_sizes
+    outputs = self._decoder(
+      decoder_query, z, is_training=is_training, query_mask=query_mask
+    )
+    if self._output_postprocessor is not None:
+      outputs = self._output_postprocessor(
+        outputs, is_training=is_training, modality_sizes=output_modality_sizes
+      )
+    return outputs
