@@ -1,0 +1,198 @@
+"""Metrics out of the loop: `metrics.jsonl`, TensorBoard and a progress line.
+
+Only process 0 writes files; other processes get a writer that does nothing,
+so the loop can call it unconditionally.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+import types
+from typing import Any
+
+import jax
+from absl import logging
+
+from experiments import config_utils
+
+METRICS_FILE = 'metrics.jsonl'
+CONFIG_FILE = 'config.json'
+TENSORBOARD_DIR = 'tensorboard'
+# Keys of the header record, written once per run (again only if they change).
+_HEADER_KEYS = ('num_devices', 'num_processes', 'num_params')
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """All records of `workdir/metrics.jsonl` (an empty list if none)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding='utf-8') as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class MetricsWriter:
+  """Writes `metrics.jsonl`, TensorBoard scalars and the resolved config."""
+
+  def __init__(self, workdir: str, is_chief: bool | None = None):
+    self.workdir = workdir
+    self.is_chief = jax.process_index() == 0 if is_chief is None else is_chief
+    self._tb = None
+    if self.is_chief:
+      os.makedirs(workdir, exist_ok=True)
+
+  @property
+  def path(self) -> str:
+    return os.path.join(self.workdir, METRICS_FILE)
+
+  def write_config(self, config, **resolved: Any) -> None:
+    """Saves the config, plus run-time resolved values, as `config.json`."""
+    if not self.is_chief:
+      return
+    data = config_utils.to_dict(config)
+    data.update(resolved)
+    _atomic_write(
+      os.path.join(self.workdir, CONFIG_FILE),
+      json.dumps(data, indent=2, sort_keys=True, default=str) + '\n',
+    )
+
+  def resume_at(self, step: int) -> None:
+    """Drops records after `step`: a killed run may have logged past its
+    last checkpoint, and the resumed run will log those steps again."""
+    if not self.is_chief or not os.path.exists(self.path):
+      return
+    records = read_metrics(self.workdir)
+    kept = [r for r in records if r.get('step', 0) <= step]
+    if len(kept) != len(records):
+      logging.info(
+        'Dropping %d metrics records after step %d.',
+        len(records) - len(kept),
+        step,
+      )
+      _atomic_write(self.path, ''.join(_dumps(r) for r in kept))
+
+  def write_header(self, **values: Any) -> None:
+    """Records `num_devices` etc. once, or again if they changed."""
+    if not self.is_chief:
+      return
+    last = {}
+    for record in read_metrics(self.workdir):
+      last.update({k: record[k] for k in _HEADER_KEYS if k in record})
+    if any(last.get(k) != v for k, v in values.items()):
+      step = max((r['step'] for r in read_metrics(self.workdir)), default=0)
+      self._append({'step': step, **values})
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    """Appends one record and the matching TensorBoard scalars."""
+    if not self.is_chief:
+      return
+    record = {'step': int(step), **metrics}
+    self._append(record)
+    tb = self._tensorboard()
+    for key, value in metrics.items():
+      if isinstance(value, (int, float)) and math.isfinite(value):
+        tb.add_scalar(key, value, int(step))
+    tb.flush()
+
+  def _append(self, record):
+    with open(self.path, 'a', encoding='utf-8') as f:
+      f.write(_dumps(record))
+      f.flush()
+
+  def _tensorboard(self):
+    if self._tb is None:
+      if '://' not in self.workdir and 'tensorflow' not in sys.modules:
+        # TensorBoard would import all of TensorFlow (seconds) just for file
+        # IO; its built-in stub writes local files fine.
+        sys.modules.setdefault(
+          'tensorboard.compat.notf', types.ModuleType('tensorboard.compat.notf')
+        )
+      from tensorboard import summary
+
+      self._tb = summary.Writer(os.path.join(self.workdir, TENSORBOARD_DIR))
+    return self._tb
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def _dumps(record):
+  return json.dumps(record, sort_keys=False) + '\n'
+
+
+def _atomic_write(path, text):
+  tmp = f'{path}.tmp.{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+class Progress:
+  """Steps/s, examples/s and ETA over the window since the last update."""
+
+  def __init__(self, num_steps: int, batch_size: int, start_step: int = 0):
+    self.num_steps = num_steps
+    self.batch_size = batch_size
+    self._start_step = start_step
+    self._last_step = start_step
+    self._last_time = time.monotonic()
+    self._first_time = self._last_time
+    self._rate = 0.0
+
+  def update(self, step: int) -> None:
+    """Call after the metrics of `step` were fetched (the device is done)."""
+    now = time.monotonic()
+    elapsed = now - self._last_time
+    if step > self._last_step and elapsed > 0:
+      self._rate = (step - self._last_step) / elapsed
+    self._last_step, self._last_time = step, now
+
+  def rates(self) -> dict[str, float]:
+    return {
+      'perf/steps_per_sec': self._rate,
+      'perf/examples_per_sec': self._rate * self.batch_size,
+    }
+
+  def eta_seconds(self) -> float:
+    if self._rate <= 0:
+      return float('inf')
+    return (self.num_steps - self._last_step) / self._rate
+
+  def line(self, step: int, metrics: dict[str, Any]) -> str:
+    """'step 120/1000 (12%) | loss 0.53 | 9.1 steps/s | 580 ex/s | ETA 1m36s'."""
+    shown = [
+      f'{k} {v:.4g}'
+      for k, v in metrics.items()
+      if isinstance(v, float) and '/' not in k
+    ]
+    elapsed = time.monotonic() - self._first_time
+    return ' | '.join(
+      [
+        f'step {step}/{self.num_steps} ({100 * step / self.num_steps:.0f}%)',
+        *shown,
+        f'{self._rate:.2f} steps/s',
+        f'{self._rate * self.batch_size:.1f} ex/s',
+        f'elapsed {format_duration(elapsed)}',
+        f'ETA {format_duration(self.eta_seconds())}',
+      ]
+    )
+
+
+def format_duration(seconds: float) -> str:
+  """1h02m, 3m05s, 42s; '?' when unknown."""
+  if not math.isfinite(seconds):
+    return '?'
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  if hours:
+    return f'{hours}h{minutes:02d}m'
+  if minutes:
+    return f'{minutes}m{secs:02d}s'
+  return f'{secs}s'

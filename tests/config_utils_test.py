@@ -1,0 +1,111 @@
+"""Tests of config helpers: common fields, arguments and durations."""
+
+import ml_collections
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from experiments import config_utils
+
+
+class AddTrainerFieldsTest(absltest.TestCase):
+  def test_defaults_overrides_and_kept_values(self):
+    config = ml_collections.ConfigDict({'seed': 7, 'model': {'x': 1}})
+    config_utils.add_trainer_fields(config, batch_size=32)
+    self.assertEqual(config.seed, 7)
+    self.assertEqual(config.batch_size, 32)
+    self.assertEqual(config.model.x, 1)
+    for key in (
+      'num_train_steps',
+      'num_epochs',
+      'log_every_steps',
+      'eval_every_steps',
+      'checkpoint_every_steps',
+      'init_from',
+      'mode',
+      'grad_accum_steps',
+      'eval_batch_size',
+      'checkpoint_keep',
+    ):
+      self.assertIn(key, config)
+    self.assertEqual(config.optimizer.name, 'lamb')
+    self.assertEqual(config.schedule.name, 'constant_cosine')
+    self.assertIn('data', config)
+
+  def test_placeholders_accept_overrides_after_lock(self):
+    config = config_utils.add_trainer_fields(ml_collections.ConfigDict())
+    config.lock()
+    config.num_epochs = 3.5
+    config.eval_batch_size = 10
+    with self.assertRaises(AttributeError):
+      config.num_epoch = 3  # A typo is an error in a locked config.
+
+
+class ResolveStepsTest(parameterized.TestCase):
+  def _config(self, steps, epochs, batch=100):
+    config = config_utils.add_trainer_fields(
+      ml_collections.ConfigDict(), batch_size=batch, num_train_steps=steps
+    )
+    config.num_epochs = epochs
+    return config
+
+  def test_steps(self):
+    self.assertEqual(
+      config_utils.resolve_steps(self._config(42, None), None), 42
+    )
+
+  def test_epochs_follow_the_batch_size(self):
+    # The paper: 110 epochs of 1,281,167 images at batch 1024.
+    config = self._config(-1, 110.0, batch=1024)
+    self.assertEqual(config_utils.resolve_steps(config, 1_281_167), 137_625)
+    config.batch_size = 512
+    self.assertEqual(config_utils.resolve_steps(config, 1_281_167), 275_250)
+
+  def test_errors(self):
+    with self.assertRaisesRegex(ValueError, 'only one of'):
+      config_utils.resolve_steps(self._config(10, 1.0), 100)
+    with self.assertRaisesRegex(ValueError, 'num_train_steps > 0'):
+      config_utils.resolve_steps(self._config(-1, None), 100)
+    with self.assertRaisesRegex(ValueError, 'size of the train split'):
+      config_utils.resolve_steps(self._config(-1, 2.0), None)
+
+  def test_steps_of(self):
+    cfg = ml_collections.ConfigDict({'warmup_steps': 0, 'warmup_epochs': 1.5})
+    self.assertEqual(config_utils.steps_of(cfg, 'warmup', 1000, 100), 15)
+    cfg.warmup_epochs = 0.0
+    self.assertEqual(config_utils.steps_of(cfg, 'warmup', 1000, 100), 0)
+
+
+class ParseArgTest(parameterized.TestCase):
+  @parameterized.parameters(
+    (None, 'fourier', False, 0),
+    ('', 'fourier', False, 0),
+    ('conv', 'conv', False, 0),
+    ('conv,runlocal', 'conv', True, 0),
+    ('variant=learned,runlocal=false,size=3', 'learned', False, 3),
+    ('runlocal=1', 'fourier', True, 0),
+  )
+  def test_forms(self, arg, variant, runlocal, size):
+    args = config_utils.parse_arg(
+      arg, variant='fourier', runlocal=False, size=0
+    )
+    self.assertEqual(
+      (args.variant, args.runlocal, args.size), (variant, runlocal, size)
+    )
+
+  def test_errors(self):
+    with self.assertRaisesRegex(ValueError, "Unknown config argument 'bad'"):
+      config_utils.parse_arg('bad=1', variant='a')
+    with self.assertRaisesRegex(ValueError, 'not a bool'):
+      config_utils.parse_arg('flag=maybe', variant='a', flag=False)
+    with self.assertRaisesRegex(ValueError, 'not a int'):
+      config_utils.parse_arg('size=big', variant='a', size=1)
+
+  def test_to_dict_is_json_friendly(self):
+    config = ml_collections.ConfigDict({'a': (1, 2), 'b': {'c': (3,)}})
+    self.assertEqual(
+      config_utils.to_dict(config), {'a': [1, 2], 'b': {'c': [3]}}
+    )
+
+
+if __name__ == '__main__':
+  absltest.main()
