@@ -50,10 +50,10 @@ def tile_starts(size, tile, min_overlap=DEFAULT_MIN_OVERLAP):
   """
   if size < tile:
     raise ValueError(f'The frame ({size}) is smaller than a tile ({tile}).')
+  if size == tile:  # One tile; the overlap does not matter.
+    return [0]
   if not 0 <= min_overlap < tile:
     raise ValueError(f'min_overlap must be in [0, {tile}); got {min_overlap}.')
-  if size == tile:
-    return [0]
   count = math.ceil((size - min_overlap) / (tile - min_overlap))
   while True:
     starts = np.round(np.linspace(0, size - tile, count)).astype(int)
@@ -73,12 +73,13 @@ def tile_weights(tile_size):
   return np.minimum(wy[:, None], wx[None, :]).astype(np.float32)
 
 
-def tile_grid(frame_size, tile_size=DEFAULT_TILE_SIZE,
-              min_overlap=DEFAULT_MIN_OVERLAP):
+def tile_grid(
+  frame_size, tile_size=DEFAULT_TILE_SIZE, min_overlap=DEFAULT_MIN_OVERLAP
+):
   """The (top, left) corners of the tiles covering a frame of `frame_size`."""
   tops = tile_starts(frame_size[0], tile_size[0], min_overlap)
   lefts = tile_starts(frame_size[1], tile_size[1], min_overlap)
-  return [(t, l) for t in tops for l in lefts]
+  return [(top, left) for top in tops for left in lefts]
 
 
 def _resize_bilinear(x, size):
@@ -96,8 +97,8 @@ def _flow_tiled(frames, flow_fn, tile_size, min_overlap, tile_batch_size):
   total = np.zeros((height, width, 2), np.float64)
   norm = np.zeros((height, width, 1), np.float64)
   for begin in range(0, len(corners), tile_batch_size):
-    chunk = corners[begin:begin + tile_batch_size]
-    tiles = np.stack([frames[:, t:t + th, l:l + tw] for t, l in chunk])
+    chunk = corners[begin : begin + tile_batch_size]
+    tiles = np.stack([frames[:, t : t + th, x : x + tw] for t, x in chunk])
     count = len(chunk)
     if count < tile_batch_size:
       # A fixed batch size keeps one compiled shape for the whole run.
@@ -106,17 +107,23 @@ def _flow_tiled(frames, flow_fn, tile_size, min_overlap, tile_batch_size):
     flows = np.asarray(flow_fn(tiles))[:count]  # [T, h, w, 2]
     if flows.shape != (count, th, tw, 2):
       raise ValueError(
-          f'flow_fn returned {flows.shape}; expected {(count, th, tw, 2)}.'
+        f'flow_fn returned {flows.shape}; expected {(count, th, tw, 2)}.'
       )
-    for (t, l), flow in zip(chunk, flows):
-      total[t:t + th, l:l + tw] += flow * weights[..., None]
-      norm[t:t + th, l:l + tw] += weights[..., None]
+    for (t, x), flow in zip(chunk, flows, strict=True):
+      total[t : t + th, x : x + tw] += flow * weights[..., None]
+      norm[t : t + th, x : x + tw] += weights[..., None]
   return (total / norm).astype(np.float32)
 
 
-def compute_flow(frames, flow_fn, *, tile_size=DEFAULT_TILE_SIZE,
-                 min_overlap=DEFAULT_MIN_OVERLAP, tile_batch_size=4,
-                 small_frames='resize'):
+def compute_flow(
+  frames,
+  flow_fn,
+  *,
+  tile_size=DEFAULT_TILE_SIZE,
+  min_overlap=DEFAULT_MIN_OVERLAP,
+  tile_batch_size=4,
+  small_frames='resize',
+):
   """Optical flow of one frame pair of any size, by blended overlapping tiles.
 
   Args:
@@ -137,13 +144,17 @@ def compute_flow(frames, flow_fn, *, tile_size=DEFAULT_TILE_SIZE,
   """
   frames = np.asarray(frames, np.float32)
   if frames.ndim != 4 or frames.shape[0] != 2 or frames.shape[-1] != 3:
-    raise ValueError(f'frames must have shape [2, H, W, 3]; got {frames.shape}.')
+    raise ValueError(
+      f'frames must have shape [2, H, W, 3]; got {frames.shape}.'
+    )
   if small_frames not in SMALL_FRAME_MODES:
     raise ValueError(
-        f'small_frames must be one of {SMALL_FRAME_MODES}; got {small_frames!r}.'
+      f'small_frames must be one of {SMALL_FRAME_MODES}; got {small_frames!r}.'
     )
   if tile_batch_size < 1:
-    raise ValueError(f'tile_batch_size must be positive; got {tile_batch_size}.')
+    raise ValueError(
+      f'tile_batch_size must be positive; got {tile_batch_size}.'
+    )
   _, height, width, _ = frames.shape
   th, tw = tile_size
   if height >= th and width >= tw:
@@ -151,7 +162,9 @@ def compute_flow(frames, flow_fn, *, tile_size=DEFAULT_TILE_SIZE,
 
   if small_frames == 'pad':
     pad_h, pad_w = max(0, th - height), max(0, tw - width)
-    padded = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode='edge')
+    padded = np.pad(
+      frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode='edge'
+    )
     flow = _flow_tiled(padded, flow_fn, tile_size, min_overlap, tile_batch_size)
     return flow[:height, :width]
 

@@ -19,12 +19,12 @@ import numpy as np
 
 # (ramp length, start colour, end colour), in wheel order.
 _RAMPS = (
-    (15, (255, 0, 0), (255, 255, 0)),  # red -> yellow
-    (6, (255, 255, 0), (0, 255, 0)),  # yellow -> green
-    (4, (0, 255, 0), (0, 255, 255)),  # green -> cyan
-    (11, (0, 255, 255), (0, 0, 255)),  # cyan -> blue
-    (13, (0, 0, 255), (255, 0, 255)),  # blue -> magenta
-    (6, (255, 0, 255), (255, 0, 0)),  # magenta -> red
+  (15, (255, 0, 0), (255, 255, 0)),  # red -> yellow
+  (6, (255, 255, 0), (0, 255, 0)),  # yellow -> green
+  (4, (0, 255, 0), (0, 255, 255)),  # green -> cyan
+  (11, (0, 255, 255), (0, 0, 255)),  # cyan -> blue
+  (13, (0, 0, 255), (255, 0, 255)),  # blue -> magenta
+  (6, (255, 0, 255), (255, 0, 0)),  # magenta -> red
 )
 
 
@@ -64,7 +64,9 @@ def flow_to_color(flow, max_radius=None, valid=None):
   if valid is not None:
     valid = np.asarray(valid, bool)
     if valid.shape != flow.shape[:2]:
-      raise ValueError(f'valid must have shape {flow.shape[:2]}; got {valid.shape}.')
+      raise ValueError(
+        f'valid must have shape {flow.shape[:2]}; got {valid.shape}.'
+      )
     finite &= valid
   flow = np.where(finite[..., None], flow, 0.0)
   u, v = flow[..., 0], flow[..., 1]
