@@ -33,9 +33,12 @@ from perceiver_io import chunked_attend
 
 IMPLEMENTATIONS = ('einsum', 'chunked', 'dot_product', 'auto')
 
-# 'auto' switches from 'einsum' to 'chunked' above this many attention
-# weights (B * H * N * M), i.e. a 64 MiB float32 matrix.
-AUTO_CHUNK_THRESHOLD = 2**24
+# 'auto' switches from 'einsum' to 'chunked' from this many attention weights
+# (B * H * N * M), an 8 MiB float32 matrix. Below it the matrix is cheap to
+# keep for the backward pass; above it, recomputing it block by block costs
+# less time than storing it costs memory (e.g. the 48 latent layers of the
+# ImageNet models).
+AUTO_CHUNK_THRESHOLD = 2**21
 
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
@@ -44,8 +47,8 @@ def _check_inputs(q, k, v, q_mask, kv_mask):
   """Raises ValueError on inconsistent shapes."""
   if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
     raise ValueError(
-        'attend expects q, k and v of rank 4 [B, N, H, D]; got shapes '
-        f'{q.shape}, {k.shape} and {v.shape}.'
+      'attend expects q, k and v of rank 4 [B, N, H, D]; got shapes '
+      f'{q.shape}, {k.shape} and {v.shape}.'
     )
   if k.shape[:3] != v.shape[:3]:
     raise ValueError(f'k {k.shape} and v {v.shape} differ in [B, M, H].')
@@ -53,14 +56,16 @@ def _check_inputs(q, k, v, q_mask, kv_mask):
     raise ValueError(f'q {q.shape} and k {k.shape} differ in batch or heads.')
   if q.shape[3] != k.shape[3]:
     raise ValueError(
-        f'q and k need the same channels per head; got {q.shape[3]} and '
-        f'{k.shape[3]}.'
+      f'q and k need the same channels per head; got {q.shape[3]} and '
+      f'{k.shape[3]}.'
     )
   if q_mask is not None and q_mask.shape != q.shape[:2]:
-    raise ValueError(f'q_mask must have shape {q.shape[:2]}; got {q_mask.shape}.')
+    raise ValueError(
+      f'q_mask must have shape {q.shape[:2]}; got {q_mask.shape}.'
+    )
   if kv_mask is not None and kv_mask.shape != k.shape[:2]:
     raise ValueError(
-        f'kv_mask must have shape {k.shape[:2]}; got {kv_mask.shape}.'
+      f'kv_mask must have shape {k.shape[:2]}; got {kv_mask.shape}.'
     )
 
 
@@ -77,24 +82,27 @@ def _wipe_masked_rows(out, q_mask, kv_mask):
   return jnp.where(keep[:, :, None], out, jnp.zeros_like(out))
 
 
-def attend_einsum(q, k, v, *, q_mask=None, kv_mask=None, dropout_prob=0.0,
-                  dropout_rng=None):
+def attend_einsum(
+  q, k, v, *, q_mask=None, kv_mask=None, dropout_prob=0.0, dropout_rng=None
+):
   """The reference path: materialises the [B, H, N, M] attention matrix.
 
   Low-precision (bf16/fp16) inputs get float32 logits and softmax.
   """
   batch, num_q, num_heads, _ = q.shape
   scale = 1.0 / math.sqrt(q.shape[-1])
-  logits_dtype = (jnp.float32 if jnp.dtype(q.dtype) in _LOW_PRECISION
-                  else q.dtype)
-  logits = jnp.einsum('bnhd,bmhd->bhnm', q, k,
-                      preferred_element_type=logits_dtype)  # [B, H, N, M]
+  logits_dtype = (
+    jnp.float32 if jnp.dtype(q.dtype) in _LOW_PRECISION else q.dtype
+  )
+  logits = jnp.einsum(
+    'bnhd,bmhd->bhnm', q, k, preferred_element_type=logits_dtype
+  )  # [B, H, N, M]
   logits = logits * jnp.asarray(scale, logits.dtype)
   if kv_mask is not None:
     logits = jnp.where(
-        kv_mask[:, None, None, :] != 0,
-        logits,
-        jnp.asarray(chunked_attend.MASK_VALUE, logits.dtype),
+      kv_mask[:, None, None, :] != 0,
+      logits,
+      jnp.asarray(chunked_attend.MASK_VALUE, logits.dtype),
     )
   weights = jax.nn.softmax(logits, axis=-1)
   if dropout_prob > 0.0:
@@ -139,8 +147,7 @@ def cudnn_applies(q, k, v, *, kv_mask=None, dropout_prob=0.0):
   return kv_mask is None and dropout_prob == 0.0
 
 
-def attend_dot_product(q, k, v, *, q_mask=None, kv_mask=None,
-                       use_cudnn=None):
+def attend_dot_product(q, k, v, *, q_mask=None, kv_mask=None, use_cudnn=None):
   """`jax.nn.dot_product_attention`, cuDNN where `cudnn_applies`.
 
   It needs equal query and value head sizes; when they differ, the smaller
@@ -162,35 +169,50 @@ def attend_dot_product(q, k, v, *, q_mask=None, kv_mask=None,
     if use_cudnn:  # cuDNN takes the mask as a full [B, 1, N, M] bias.
       mask = jnp.broadcast_to(mask, (batch, 1, num_q, k.shape[1]))
   out = jax.nn.dot_product_attention(
-      q, k, v, mask=mask, scale=scale,
-      implementation='cudnn' if use_cudnn else None)  # [B, N, H, max(D, Dv)]
+    q,
+    k,
+    v,
+    mask=mask,
+    scale=scale,
+    implementation='cudnn' if use_cudnn else None,
+  )  # [B, N, H, max(D, Dv)]
   out = out[..., :value_dim]
   out = jnp.reshape(out, (batch, num_q, num_heads * value_dim))
   return _wipe_masked_rows(out, q_mask, kv_mask)
 
 
-def resolve_implementation(q, k, v, *, kv_mask=None, dropout_prob=0.0,
-                           implementation='auto'):
+def resolve_implementation(
+  q, k, v, *, kv_mask=None, dropout_prob=0.0, implementation='auto'
+):
   """The concrete implementation that `attend` runs for these arguments."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(
-        f'Unknown attention implementation {implementation!r}; expected one '
-        f'of {IMPLEMENTATIONS}.'
+      f'Unknown attention implementation {implementation!r}; expected one '
+      f'of {IMPLEMENTATIONS}.'
     )
   if implementation != 'auto':
     return implementation
   if cudnn_applies(q, k, v, kv_mask=kv_mask, dropout_prob=dropout_prob):
     return 'dot_product'
   batch, num_q, num_heads, _ = q.shape
-  if batch * num_heads * num_q * k.shape[1] > AUTO_CHUNK_THRESHOLD:
+  if batch * num_heads * num_q * k.shape[1] >= AUTO_CHUNK_THRESHOLD:
     return 'chunked'
   return 'einsum'
 
 
-def attend(q, k, v, *, q_mask=None, kv_mask=None, dropout_prob=0.0,
-           dropout_rng=None, implementation='einsum',
-           q_chunk_size=chunked_attend.DEFAULT_Q_CHUNK_SIZE,
-           kv_chunk_size=chunked_attend.DEFAULT_KV_CHUNK_SIZE):
+def attend(
+  q,
+  k,
+  v,
+  *,
+  q_mask=None,
+  kv_mask=None,
+  dropout_prob=0.0,
+  dropout_rng=None,
+  implementation='einsum',
+  q_chunk_size=chunked_attend.DEFAULT_Q_CHUNK_SIZE,
+  kv_chunk_size=chunked_attend.DEFAULT_KV_CHUNK_SIZE,
+):
   """Multi-head scaled dot-product attention.
 
   Args:
@@ -218,20 +240,38 @@ def attend(q, k, v, *, q_mask=None, kv_mask=None, dropout_prob=0.0,
   if dropout_prob > 0.0 and dropout_rng is None:
     raise ValueError('attend needs dropout_rng when dropout_prob > 0.')
   implementation = resolve_implementation(
-      q, k, v, kv_mask=kv_mask, dropout_prob=dropout_prob,
-      implementation=implementation)
+    q,
+    k,
+    v,
+    kv_mask=kv_mask,
+    dropout_prob=dropout_prob,
+    implementation=implementation,
+  )
   if implementation == 'einsum':
-    return attend_einsum(q, k, v, q_mask=q_mask, kv_mask=kv_mask,
-                         dropout_prob=dropout_prob, dropout_rng=dropout_rng)
+    return attend_einsum(
+      q,
+      k,
+      v,
+      q_mask=q_mask,
+      kv_mask=kv_mask,
+      dropout_prob=dropout_prob,
+      dropout_rng=dropout_rng,
+    )
   if implementation == 'dot_product':
     if dropout_prob > 0.0:
       raise ValueError(
-          "The 'dot_product' attention implementation has no dropout; use "
-          "'einsum', 'chunked' or 'auto' when dropout_attn_prob > 0."
+        "The 'dot_product' attention implementation has no dropout; use "
+        "'einsum', 'chunked' or 'auto' when dropout_attn_prob > 0."
       )
     return attend_dot_product(q, k, v, q_mask=q_mask, kv_mask=kv_mask)
   out = chunked_attend.chunked_attend(
-      q, k, v, kv_mask=kv_mask, dropout_prob=dropout_prob,
-      dropout_rng=dropout_rng, q_chunk_size=q_chunk_size,
-      kv_chunk_size=kv_chunk_size)  # [B, N, H * Dv]
+    q,
+    k,
+    v,
+    kv_mask=kv_mask,
+    dropout_prob=dropout_prob,
+    dropout_rng=dropout_rng,
+    q_chunk_size=q_chunk_size,
+    kv_chunk_size=kv_chunk_size,
+  )  # [B, N, H * Dv]
   return _wipe_masked_rows(out, q_mask, kv_mask)

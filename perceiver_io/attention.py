@@ -1,39 +1,40 @@
 """Attention layers: multi-head attention, MLP, self- and cross-attention.
 
-Shape letters: B batch, N queries, M keys/values, C channels, H heads.
+Shape letters: B batch, N queries, M keys/values, C channels, H heads,
+L layers.
 
-Parameter names match DeepMind's released checkpoints: an `attention` module
+Parameter names match DeepMind's released checkpoints: an `attention` scope
 holding `linear` (q), `linear_1` (k), `linear_2` (v) and `linear_3` (output),
-`layer_norm*` modules, and an `mlp` with `linear` and `linear_1`.
+`layer_norm*` scopes, and an `mlp` with `linear` and `linear_1`.
+
+Each layer is a pure function of a weights tuple (`SelfAttentionWeights`,
+`CrossAttentionWeights`) and a static `LayerSpec`, so that the encoder can
+stack the weights of its layers and loop over them with `lax.scan`. The
+modules only create the parameters under the released names and call these
+functions.
+
+Precision: parameters are float32. `compute_dtype='bfloat16'` runs the
+matrix products in bf16, while LayerNorm, softmax and the residual stream stay
+float32.
 """
+
+import contextlib
+import dataclasses
+from typing import NamedTuple
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from perceiver_io import attend as attend_lib
+from perceiver_io.layer_norm import layer_norm
 
 SHAPES_FOR_ATTN = ('kv', 'q')
-
-
-def conv_1d(output_channels, init_scale=1.0, with_bias=True, name=None):
-  """A pointwise linear layer (DeepMind calls it conv_1d)."""
-  return hk.Linear(
-      output_size=output_channels, with_bias=with_bias,
-      w_init=hk.initializers.VarianceScaling(init_scale), name=name)
-
-
-def layer_norm(x, name=None):
-  """LayerNorm over the channels, with scale and offset."""
-  return hk.LayerNorm(axis=-1, create_scale=True, create_offset=True,
-                      name=name)(x)
-
-
-def _dropout(rate, x):
-  """Dropout that draws an rng only when it drops something."""
-  if rate <= 0.0:
-    return x
-  return hk.dropout(hk.next_rng_key(), rate, x)
+# A cross-attention to more queries than this (e.g. the optical-flow decoder's
+# 182,528) runs over chunks of this many queries; see `_over_query_chunks`.
+DEFAULT_QUERY_CHUNK_SIZE = 8192
+COMPUTE_DTYPES = (None, 'float32', 'bfloat16', 'float16')
 
 
 def _check_rank3(name, x):
@@ -44,110 +45,413 @@ def _check_rank3(name, x):
 def _check_divides(what, channels, num_heads):
   if channels % num_heads != 0:
     raise ValueError(
-        f'{what} ({channels}) must be divisible by the number of heads '
-        f'({num_heads}).'
+      f'{what} ({channels}) must be divisible by the number of heads '
+      f'({num_heads}).'
     )
 
 
-class Attention(hk.Module):
-  """Multi-head attention from `inputs_q` to `inputs_kv`."""
-
-  def __init__(self, num_heads: int = 8, init_scale: float = 1.0,
-               with_final_bias: bool = True,
-               final_init_scale_multiplier: float = 1.0,
-               dropout_prob: float = 0.0, qk_channels: int | None = None,
-               v_channels: int | None = None,
-               output_channels: int | None = None,
-               attention_impl: str = 'einsum', name: str | None = None):
-    super().__init__(name=name)
-    if num_heads <= 0:
-      raise ValueError(f'num_heads must be positive; got {num_heads}.')
-    if not 0.0 <= dropout_prob < 1.0:
-      raise ValueError(f'dropout_prob must be in [0, 1); got {dropout_prob}.')
-    self._num_heads = num_heads
-    self._init_scale = init_scale
-    self._with_final_bias = with_final_bias
-    self._final_init_scale = final_init_scale_multiplier * init_scale
-    self._dropout_prob = dropout_prob
-    self._qk_channels = qk_channels
-    self._v_channels = v_channels
-    self._output_channels = output_channels
-    self._attention_impl = attention_impl
-
-  def __call__(self, inputs_q, inputs_kv, *, q_mask=None, kv_mask=None):
-    """Attends.
-
-    Args:
-      inputs_q: [B, N, Cq].
-      inputs_kv: [B, M, Ckv].
-      q_mask: optional [B, N]; masked queries output zeros.
-      kv_mask: optional [B, M]; masked keys are ignored.
-
-    Returns:
-      [B, N, output_channels] (by default the value channels).
-    """
-    _check_rank3('inputs_q', inputs_q)
-    _check_rank3('inputs_kv', inputs_kv)
-    # Resolve channel defaults into locals; never write them back to self.
-    qk_channels = self._qk_channels or inputs_q.shape[-1]
-    v_channels = self._v_channels or qk_channels
-    output_channels = self._output_channels or v_channels
-    _check_divides('qk_channels', qk_channels, self._num_heads)
-    _check_divides('v_channels', v_channels, self._num_heads)
-
-    q = conv_1d(qk_channels, init_scale=self._init_scale)(inputs_q)
-    k = conv_1d(qk_channels, init_scale=self._init_scale)(inputs_kv)
-    v = conv_1d(v_channels, init_scale=self._init_scale)(inputs_kv)
-
-    batch, num_q, _ = q.shape
-    num_kv = k.shape[1]
-    heads = self._num_heads
-    q = jnp.reshape(q, (batch, num_q, heads, qk_channels // heads))
-    k = jnp.reshape(k, (batch, num_kv, heads, qk_channels // heads))
-    v = jnp.reshape(v, (batch, num_kv, heads, v_channels // heads))
-
-    dropout_rng = hk.next_rng_key() if self._dropout_prob > 0 else None
-    result = attend_lib.attend(
-        q, k, v, q_mask=q_mask, kv_mask=kv_mask,
-        dropout_prob=self._dropout_prob, dropout_rng=dropout_rng,
-        implementation=self._attention_impl)  # [B, N, v_channels]
-    return conv_1d(output_channels, with_bias=self._with_final_bias,
-                   init_scale=self._final_init_scale)(result)
+def check_compute_dtype(compute_dtype):
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(
+      f'Unknown compute_dtype {compute_dtype!r}; expected one of '
+      f'{COMPUTE_DTYPES}.'
+    )
 
 
-class MLP(hk.Module):
-  """Linear, GELU, linear, dropout."""
+_default_compute_dtype = [None]
 
-  def __init__(self, widening_factor: int = 4, dropout_prob: float = 0.0,
-               init_scale: float = 1.0, name: str | None = None):
-    super().__init__(name=name)
-    if widening_factor <= 0:
-      raise ValueError(
-          f'widening_factor must be positive; got {widening_factor}.')
-    self._widening_factor = widening_factor
-    self._dropout_prob = dropout_prob
-    self._init_scale = init_scale
 
-  def __call__(self, x, *, is_training):
-    """[B, N, C] -> [B, N, C]."""
-    dropout_prob = self._dropout_prob if is_training else 0.0
-    channels = x.shape[-1]
-    x = conv_1d(self._widening_factor * channels,
-                init_scale=self._init_scale)(x)
-    x = jax.nn.gelu(x)
-    x = conv_1d(channels, init_scale=self._init_scale)(x)
-    return _dropout(dropout_prob, x)
+@contextlib.contextmanager
+def compute_dtype_scope(compute_dtype):
+  """Sets the compute dtype of layers built without one, while tracing.
+
+  `with compute_dtype_scope('bfloat16'): jax.jit(model.apply).lower(...)`
+  runs every attention layer's matrix products in bf16, including the
+  decoders', whose configs have no `compute_dtype` key. It acts while a
+  function is traced: a function that jit has already traced keeps its dtype.
+  """
+  check_compute_dtype(compute_dtype)
+  _default_compute_dtype.append(compute_dtype)
+  try:
+    yield
+  finally:
+    _default_compute_dtype.pop()
+
+
+# --- Parameters under DeepMind's names ----------------------------------------
+
+
+def linear_params(name, in_dim, out_dim, init_scale=1.0, with_bias=True):
+  """(w [in, out], b [out] or None) of DeepMind's `conv_1d` / hk.Linear."""
+  with hk.name_scope(name):
+    w = hk.get_parameter(
+      'w',
+      [in_dim, out_dim],
+      jnp.float32,
+      init=hk.initializers.VarianceScaling(init_scale),
+    )
+    b = (
+      hk.get_parameter('b', [out_dim], jnp.float32, init=jnp.zeros)
+      if with_bias
+      else None
+    )
+  return w, b
+
+
+def layer_norm_params(name, channels):
+  """(scale, offset) of an hk.LayerNorm over the channels."""
+  with hk.name_scope(name):
+    scale = hk.get_parameter('scale', [channels], jnp.float32, init=jnp.ones)
+    offset = hk.get_parameter('offset', [channels], jnp.float32, init=jnp.zeros)
+  return scale, offset
+
+
+class SelfAttentionWeights(NamedTuple):
+  """One self-attention layer's weights."""
+
+  ln_scale: jax.Array  # [C]
+  ln_offset: jax.Array  # [C]
+  q_w: jax.Array  # [C, qk]
+  q_b: jax.Array  # [qk]
+  k_w: jax.Array  # [C, qk]
+  k_b: jax.Array  # [qk]
+  v_w: jax.Array  # [C, v]
+  v_b: jax.Array  # [v]
+  out_w: jax.Array  # [v, C]
+  out_b: jax.Array  # [C]
+  mlp_ln_scale: jax.Array  # [C]
+  mlp_ln_offset: jax.Array  # [C]
+  mlp_w1: jax.Array  # [C, wC]
+  mlp_b1: jax.Array  # [wC]
+  mlp_w2: jax.Array  # [wC, C]
+  mlp_b2: jax.Array  # [C]
+
+
+class CrossAttentionWeights(NamedTuple):
+  """One cross-attention layer's weights."""
+
+  q_ln_scale: jax.Array  # [Cq]
+  q_ln_offset: jax.Array  # [Cq]
+  kv_ln_scale: jax.Array  # [Ckv]
+  kv_ln_offset: jax.Array  # [Ckv]
+  q_w: jax.Array  # [Cq, qk]
+  q_b: jax.Array  # [qk]
+  k_w: jax.Array  # [Ckv, qk]
+  k_b: jax.Array  # [qk]
+  v_w: jax.Array  # [Ckv, v]
+  v_b: jax.Array  # [v]
+  out_w: jax.Array  # [v, Cq]
+  out_b: jax.Array  # [Cq]
+  mlp_ln_scale: jax.Array  # [Cq]
+  mlp_ln_offset: jax.Array  # [Cq]
+  mlp_w1: jax.Array  # [Cq, wCq]
+  mlp_b1: jax.Array  # [wCq]
+  mlp_w2: jax.Array  # [wCq, Cq]
+  mlp_b2: jax.Array  # [Cq]
+
+
+def _attention_params(
+  in_q,
+  in_kv,
+  qk_channels,
+  v_channels,
+  output_channels,
+  init_scale,
+  final_init_scale,
+  with_final_bias,
+):
+  """The four projections of DeepMind's `Attention`, in its order."""
+  with hk.name_scope('attention'):
+    q = linear_params('linear', in_q, qk_channels, init_scale)
+    k = linear_params('linear_1', in_kv, qk_channels, init_scale)
+    v = linear_params('linear_2', in_kv, v_channels, init_scale)
+    out = linear_params(
+      'linear_3',
+      v_channels,
+      output_channels,
+      final_init_scale,
+      with_bias=with_final_bias,
+    )
+  return q, k, v, out
+
+
+def _mlp_params(channels, widening_factor, init_scale):
+  with hk.name_scope('mlp'):
+    w1, b1 = linear_params(
+      'linear', channels, widening_factor * channels, init_scale
+    )
+    w2, b2 = linear_params(
+      'linear_1', widening_factor * channels, channels, init_scale
+    )
+  return w1, b1, w2, b2
+
+
+def self_attention_weights(
+  spec, channels, *, widening_factor=4, att_init_scale=1.0, dense_init_scale=1.0
+):
+  """Creates (at init) or fetches a self-attention layer's parameters.
+
+  They are created in the current Haiku scope under DeepMind's names.
+  """
+  ln = layer_norm_params('layer_norm', channels)
+  q, k, v, out = _attention_params(
+    channels,
+    channels,
+    spec.qk_channels,
+    spec.v_channels,
+    channels,
+    att_init_scale,
+    att_init_scale,
+    True,
+  )
+  mlp_ln = layer_norm_params('layer_norm_1', channels)
+  mlp = _mlp_params(channels, widening_factor, dense_init_scale)
+  return SelfAttentionWeights(*ln, *q, *k, *v, *out, *mlp_ln, *mlp)
+
+
+def cross_attention_weights(
+  spec,
+  q_channels,
+  kv_channels,
+  *,
+  widening_factor=1,
+  att_init_scale=1.0,
+  dense_init_scale=1.0,
+):
+  """Creates (at init) or fetches a cross-attention layer's parameters."""
+  q_ln = layer_norm_params('layer_norm', q_channels)
+  kv_ln = layer_norm_params('layer_norm_1', kv_channels)
+  q, k, v, out = _attention_params(
+    q_channels,
+    kv_channels,
+    spec.qk_channels,
+    spec.v_channels,
+    q_channels,
+    att_init_scale,
+    att_init_scale,
+    True,
+  )
+  mlp_ln = layer_norm_params('layer_norm_2', q_channels)
+  mlp = _mlp_params(q_channels, widening_factor, dense_init_scale)
+  return CrossAttentionWeights(*q_ln, *kv_ln, *q, *k, *v, *out, *mlp_ln, *mlp)
+
+
+# --- Pure layer functions -----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+  """The static settings of one attention layer."""
+
+  num_heads: int
+  qk_channels: int
+  v_channels: int
+  dropout_prob: float = 0.0
+  dropout_attn_prob: float = 0.0
+  use_query_residual: bool = True
+  attention_impl: str = 'einsum'
+  compute_dtype: str | None = None
+  # Cross-attention to more queries than this runs in chunks of this many
+  # queries (without dropout): see `_over_query_chunks`.
+  query_chunk_size: int | None = None
+
+  @property
+  def dtype(self):
+    return jnp.dtype(
+      self.compute_dtype or _default_compute_dtype[-1] or jnp.float32
+    )
+
+
+def _dense(x, w, b, dtype):
+  """x [..., Cin] @ w [Cin, Cout] + b, in `dtype`."""
+  out = jnp.dot(x.astype(dtype), w.astype(dtype))
+  return out if b is None else out + b.astype(dtype)
+
+
+def _dropout(rng, rate, x):
+  if rate <= 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def _rngs(rng, is_training, spec):
+  """Keys for attention dropout, the attention branch and the MLP."""
+  if not is_training or (
+    spec.dropout_prob <= 0.0 and spec.dropout_attn_prob <= 0.0
+  ):
+    return None, None, None
+  if rng is None:
+    raise ValueError('Dropout during training needs an rng.')
+  return tuple(jax.random.split(rng, 3))
+
+
+def _multihead(spec, q, k, v, q_mask, kv_mask, is_training, rng):
+  """[B, N, qk], [B, M, qk], [B, M, v] -> [B, N, v]."""
+  batch, num_q, _ = q.shape
+  num_kv = k.shape[1]
+  heads = spec.num_heads
+  q = jnp.reshape(q, (batch, num_q, heads, spec.qk_channels // heads))
+  k = jnp.reshape(k, (batch, num_kv, heads, spec.qk_channels // heads))
+  v = jnp.reshape(v, (batch, num_kv, heads, spec.v_channels // heads))
+  rate = spec.dropout_attn_prob if is_training else 0.0
+  return attend_lib.attend(
+    q,
+    k,
+    v,
+    q_mask=q_mask,
+    kv_mask=kv_mask,
+    dropout_prob=rate,
+    dropout_rng=rng if rate > 0.0 else None,
+    implementation=spec.attention_impl,
+  )  # [B, N, v]
+
+
+def _mlp(spec, w1, b1, w2, b2, x):
+  h = jax.nn.gelu(_dense(x, w1, b1, spec.dtype))
+  return _dense(h, w2, b2, spec.dtype)
+
+
+def self_attention(spec, w, x, *, is_training, mask=None, rng=None):
+  """One pre-LayerNorm transformer layer.
+
+  Args:
+    spec: the layer's static settings.
+    w: its `SelfAttentionWeights`.
+    x: [B, N, C] float32 inputs.
+    is_training: enables dropout.
+    mask: optional [B, N] mask of the queries and keys.
+    rng: PRNG key, needed for dropout during training.
+
+  Returns:
+    [B, N, C] float32.
+  """
+  rate = spec.dropout_prob if is_training else 0.0
+  attn_rng, branch_rng, mlp_rng = _rngs(rng, is_training, spec)
+  h = layer_norm(x, w.ln_scale, w.ln_offset)
+  q = _dense(h, w.q_w, w.q_b, spec.dtype)  # [B, N, qk]
+  k = _dense(h, w.k_w, w.k_b, spec.dtype)  # [B, N, qk]
+  v = _dense(h, w.v_w, w.v_b, spec.dtype)  # [B, N, v]
+  attn = _multihead(spec, q, k, v, mask, mask, is_training, attn_rng)
+  attn = _dense(attn, w.out_w, w.out_b, spec.dtype)  # [B, N, C]
+  x = x + _dropout(branch_rng, rate, attn).astype(x.dtype)
+  h = layer_norm(x, w.mlp_ln_scale, w.mlp_ln_offset)
+  h = _mlp(spec, w.mlp_w1, w.mlp_b1, w.mlp_w2, w.mlp_b2, h)
+  return x + _dropout(mlp_rng, rate, h).astype(x.dtype)
+
+
+def cross_attention(
+  spec, w, x_q, x_kv, *, is_training, q_mask=None, kv_mask=None, rng=None
+):
+  """One pre-LayerNorm cross-attention layer; the output has x_q's width.
+
+  Args:
+    spec: the layer's static settings.
+    w: its `CrossAttentionWeights`.
+    x_q: [B, N, Cq] queries.
+    x_kv: [B, M, Ckv] keys and values.
+    is_training: enables dropout.
+    q_mask: optional [B, N].
+    kv_mask: optional [B, M].
+    rng: PRNG key, needed for dropout during training.
+
+  Returns:
+    [B, N, Cq] float32.
+  """
+  rate = spec.dropout_prob if is_training else 0.0
+  attn_rng, branch_rng, mlp_rng = _rngs(rng, is_training, spec)
+  h_kv = layer_norm(x_kv, w.kv_ln_scale, w.kv_ln_offset)
+  k = _dense(h_kv, w.k_w, w.k_b, spec.dtype)  # [B, M, qk]
+  v = _dense(h_kv, w.v_w, w.v_b, spec.dtype)  # [B, M, v]
+
+  def queries_fn(x_q, q_mask):
+    """Everything that follows for [B, n, Cq] queries: per query."""
+    h_q = layer_norm(x_q, w.q_ln_scale, w.q_ln_offset)
+    q = _dense(h_q, w.q_w, w.q_b, spec.dtype)  # [B, n, qk]
+    attn = _multihead(spec, q, k, v, q_mask, kv_mask, is_training, attn_rng)
+    attn = _dense(attn, w.out_w, w.out_b, spec.dtype)  # [B, n, Cq]
+    attn = _dropout(branch_rng, rate, attn).astype(jnp.float32)
+    x = x_q.astype(jnp.float32) + attn if spec.use_query_residual else attn
+    h = layer_norm(x, w.mlp_ln_scale, w.mlp_ln_offset)
+    h = _mlp(spec, w.mlp_w1, w.mlp_b1, w.mlp_w2, w.mlp_b2, h)
+    return x + _dropout(mlp_rng, rate, h).astype(x.dtype)
+
+  chunk = spec.query_chunk_size
+  if chunk and x_q.shape[1] > chunk and rng is None:
+    return _over_query_chunks(queries_fn, x_q, q_mask, chunk)
+  return queries_fn(x_q, q_mask)
+
+
+def _over_query_chunks(queries_fn, x_q, q_mask, chunk):
+  """queries_fn over [B, chunk, Cq] slices of x_q, writing one output.
+
+  Each query's result depends on that query alone, so the output equals
+  `queries_fn(x_q, q_mask)`, while the per-query intermediates (normalised
+  queries, projections, attention outputs, MLP activations) exist for one
+  chunk at a time.
+  """
+  batch, num_q, channels = x_q.shape
+  num_full = num_q // chunk
+  out = jnp.zeros((batch, num_q, channels), jnp.float32)
+
+  def apply(out, start, size):
+    x = lax.dynamic_slice_in_dim(x_q, start, size, axis=1)
+    mask = (
+      None
+      if q_mask is None
+      else lax.dynamic_slice_in_dim(q_mask, start, size, axis=1)
+    )
+    return lax.dynamic_update_slice_in_dim(
+      out, queries_fn(x, mask), start, axis=1
+    )
+
+  out, _ = lax.scan(
+    lambda out, i: (apply(out, i * chunk, chunk), None),
+    out,
+    jnp.arange(num_full),
+  )
+  if num_q > num_full * chunk:
+    out = apply(out, num_full * chunk, num_q - num_full * chunk)
+  return out
+
+
+# --- Modules ------------------------------------------------------------------
 
 
 class SelfAttention(hk.Module):
   """A pre-LayerNorm transformer block."""
 
-  def __init__(self, widening_factor: int = 4, dropout_prob: float = 0.0,
-               dropout_attn_prob: float = 0.0, num_heads: int = 8,
-               att_init_scale: float = 1.0, dense_init_scale: float = 1.0,
-               qk_channels: int | None = None, v_channels: int | None = None,
-               attention_impl: str = 'einsum', name: str | None = None):
+  def __init__(
+    self,
+    widening_factor: int = 4,
+    dropout_prob: float = 0.0,
+    dropout_attn_prob: float = 0.0,
+    num_heads: int = 8,
+    att_init_scale: float = 1.0,
+    dense_init_scale: float = 1.0,
+    qk_channels: int | None = None,
+    v_channels: int | None = None,
+    attention_impl: str = 'einsum',
+    compute_dtype: str | None = None,
+    name: str | None = None,
+  ):
     super().__init__(name=name)
+    if num_heads <= 0 or widening_factor <= 0:
+      raise ValueError(
+        'num_heads and widening_factor must be positive; got '
+        f'{num_heads} and {widening_factor}.'
+      )
+    if not 0.0 <= dropout_prob < 1.0 or not 0.0 <= dropout_attn_prob < 1.0:
+      raise ValueError(
+        'Dropout rates must be in [0, 1); got '
+        f'{dropout_prob} and {dropout_attn_prob}.'
+      )
+    if attention_impl not in attend_lib.IMPLEMENTATIONS:
+      raise ValueError(
+        f'Unknown attention_impl {attention_impl!r}; expected one of '
+        f'{attend_lib.IMPLEMENTATIONS}.'
+      )
+    check_compute_dtype(compute_dtype)
     self._widening_factor = widening_factor
     self._dropout_prob = dropout_prob
     self._dropout_attn_prob = dropout_attn_prob
@@ -157,42 +461,112 @@ class SelfAttention(hk.Module):
     self._qk_channels = qk_channels
     self._v_channels = v_channels
     self._attention_impl = attention_impl
+    self._compute_dtype = compute_dtype
+
+  def spec(self, channels):
+    """The `LayerSpec` of this layer on [B, N, channels] inputs."""
+    qk_channels = self._qk_channels or channels
+    v_channels = self._v_channels or qk_channels
+    _check_divides('qk_channels', qk_channels, self._num_heads)
+    _check_divides('v_channels', v_channels, self._num_heads)
+    return LayerSpec(
+      num_heads=self._num_heads,
+      qk_channels=qk_channels,
+      v_channels=v_channels,
+      dropout_prob=self._dropout_prob,
+      dropout_attn_prob=self._dropout_attn_prob,
+      attention_impl=self._attention_impl,
+      compute_dtype=self._compute_dtype,
+    )
 
   def __call__(self, inputs, *, is_training, mask=None):
     """Self-attention over [B, N, C] with an optional [B, N] mask."""
-    dropout_prob = self._dropout_prob if is_training else 0.0
-    dropout_attn_prob = self._dropout_attn_prob if is_training else 0.0
-    x = inputs
-    qkv_inputs = layer_norm(inputs)
-    attention = Attention(
-        num_heads=self._num_heads, init_scale=self._att_init_scale,
-        qk_channels=self._qk_channels, v_channels=self._v_channels,
-        output_channels=inputs.shape[-1], dropout_prob=dropout_attn_prob,
-        attention_impl=self._attention_impl,
-    )(qkv_inputs, qkv_inputs, q_mask=mask, kv_mask=mask)
-    x = x + _dropout(dropout_prob, attention)
-    x = x + MLP(widening_factor=self._widening_factor,
-                dropout_prob=dropout_prob,
-                init_scale=self._dense_init_scale)(layer_norm(x),
-                                                   is_training=is_training)
-    return x
+    _check_rank3('inputs', inputs)
+    channels = inputs.shape[-1]
+    spec = self.spec(channels)
+    weights = self_attention_weights(
+      spec,
+      channels,
+      widening_factor=self._widening_factor,
+      att_init_scale=self._att_init_scale,
+      dense_init_scale=self._dense_init_scale,
+    )
+    rng = hk.next_rng_key() if _needs_rng(spec, is_training) else None
+    return self_attention(
+      spec, weights, inputs, is_training=is_training, mask=mask, rng=rng
+    )
+
+
+class SelfAttentionParams(SelfAttention):
+  """A `SelfAttention` layer's parameters, fetched without applying it.
+
+  Named like the layer it stands for (`name='self_attention'` by default), it
+  creates the same parameters, so that a stack of layers can fetch their
+  weights, stack them and loop over them.
+  """
+
+  def __init__(self, *args, name: str = 'self_attention', **kwargs):
+    super().__init__(*args, name=name, **kwargs)
+
+  def __call__(self, channels):  # pytype: disable=signature-mismatch
+    """The layer's `SelfAttentionWeights` for [B, N, channels] inputs."""
+    return self_attention_weights(
+      self.spec(channels),
+      channels,
+      widening_factor=self._widening_factor,
+      att_init_scale=self._att_init_scale,
+      dense_init_scale=self._dense_init_scale,
+    )
+
+
+def _needs_rng(spec, is_training):
+  return is_training and (
+    spec.dropout_prob > 0.0 or spec.dropout_attn_prob > 0.0
+  )
 
 
 class CrossAttention(hk.Module):
   """A pre-LayerNorm cross-attention block; the output has the query width."""
 
-  def __init__(self, widening_factor: int = 1, dropout_prob: float = 0.0,
-               dropout_attn_prob: float = 0.0, num_heads: int = 8,
-               att_init_scale: float = 1.0, dense_init_scale: float = 1.0,
-               shape_for_attn: str = 'kv', use_query_residual: bool = True,
-               qk_channels: int | None = None, v_channels: int | None = None,
-               attention_impl: str = 'einsum', name: str | None = None):
+  def __init__(
+    self,
+    widening_factor: int = 1,
+    dropout_prob: float = 0.0,
+    dropout_attn_prob: float = 0.0,
+    num_heads: int = 8,
+    att_init_scale: float = 1.0,
+    dense_init_scale: float = 1.0,
+    shape_for_attn: str = 'kv',
+    use_query_residual: bool = True,
+    qk_channels: int | None = None,
+    v_channels: int | None = None,
+    attention_impl: str = 'einsum',
+    compute_dtype: str | None = None,
+    query_chunk_size: int | None = DEFAULT_QUERY_CHUNK_SIZE,
+    name: str | None = None,
+  ):
     super().__init__(name=name)
     if shape_for_attn not in SHAPES_FOR_ATTN:
       raise ValueError(
-          f'Unknown shape_for_attn {shape_for_attn!r}; expected one of '
-          f'{SHAPES_FOR_ATTN}.'
+        f'Unknown shape_for_attn {shape_for_attn!r}; expected one of '
+        f'{SHAPES_FOR_ATTN}.'
       )
+    if num_heads <= 0 or widening_factor <= 0:
+      raise ValueError(
+        'num_heads and widening_factor must be positive; got '
+        f'{num_heads} and {widening_factor}.'
+      )
+    if attention_impl not in attend_lib.IMPLEMENTATIONS:
+      raise ValueError(
+        f'Unknown attention_impl {attention_impl!r}; expected one of '
+        f'{attend_lib.IMPLEMENTATIONS}.'
+      )
+    check_compute_dtype(compute_dtype)
+    if query_chunk_size is not None and query_chunk_size <= 0:
+      raise ValueError(
+        f'query_chunk_size must be positive or None; got {query_chunk_size}.'
+      )
+    self._query_chunk_size = query_chunk_size
     self._widening_factor = widening_factor
     self._dropout_prob = dropout_prob
     self._dropout_attn_prob = dropout_attn_prob
@@ -204,9 +578,34 @@ class CrossAttention(hk.Module):
     self._qk_channels = qk_channels
     self._v_channels = v_channels
     self._attention_impl = attention_impl
+    self._compute_dtype = compute_dtype
 
-  def __call__(self, inputs_q, inputs_kv, *, is_training, q_mask=None,
-               kv_mask=None):
+  def spec(self, q_channels, kv_channels):
+    """The `LayerSpec` of this layer on the given input widths."""
+    if self._qk_channels is not None:
+      qk_channels = self._qk_channels
+    elif self._shape_for_attn == 'q':
+      qk_channels = q_channels
+    else:
+      qk_channels = kv_channels
+    v_channels = self._v_channels or qk_channels
+    _check_divides('qk_channels', qk_channels, self._num_heads)
+    _check_divides('v_channels', v_channels, self._num_heads)
+    return LayerSpec(
+      num_heads=self._num_heads,
+      qk_channels=qk_channels,
+      v_channels=v_channels,
+      dropout_prob=self._dropout_prob,
+      dropout_attn_prob=self._dropout_attn_prob,
+      use_query_residual=self._use_query_residual,
+      attention_impl=self._attention_impl,
+      compute_dtype=self._compute_dtype,
+      query_chunk_size=self._query_chunk_size,
+    )
+
+  def __call__(
+    self, inputs_q, inputs_kv, *, is_training, q_mask=None, kv_mask=None
+  ):
     """Cross-attends.
 
     Args:
@@ -221,27 +620,23 @@ class CrossAttention(hk.Module):
     """
     _check_rank3('inputs_q', inputs_q)
     _check_rank3('inputs_kv', inputs_kv)
-    dropout_prob = self._dropout_prob if is_training else 0.0
-    dropout_attn_prob = self._dropout_attn_prob if is_training else 0.0
-    output_channels = inputs_q.shape[-1]
-    if self._qk_channels is not None:
-      qk_channels = self._qk_channels
-    elif self._shape_for_attn == 'q':
-      qk_channels = inputs_q.shape[-1]
-    else:
-      qk_channels = inputs_kv.shape[-1]
-    attention_module = Attention(
-        num_heads=self._num_heads, init_scale=self._att_init_scale,
-        dropout_prob=dropout_attn_prob, qk_channels=qk_channels,
-        v_channels=self._v_channels, output_channels=output_channels,
-        attention_impl=self._attention_impl)
-    attention = attention_module(
-        layer_norm(inputs_q), layer_norm(inputs_kv), q_mask=q_mask,
-        kv_mask=kv_mask)
-    attention = _dropout(dropout_prob, attention)
-    x = inputs_q + attention if self._use_query_residual else attention
-    x = x + MLP(widening_factor=self._widening_factor,
-                dropout_prob=dropout_prob,
-                init_scale=self._dense_init_scale)(layer_norm(x),
-                                                   is_training=is_training)
-    return x
+    spec = self.spec(inputs_q.shape[-1], inputs_kv.shape[-1])
+    weights = cross_attention_weights(
+      spec,
+      inputs_q.shape[-1],
+      inputs_kv.shape[-1],
+      widening_factor=self._widening_factor,
+      att_init_scale=self._att_init_scale,
+      dense_init_scale=self._dense_init_scale,
+    )
+    rng = hk.next_rng_key() if _needs_rng(spec, is_training) else None
+    return cross_attention(
+      spec,
+      weights,
+      inputs_q,
+      inputs_kv,
+      is_training=is_training,
+      q_mask=q_mask,
+      kv_mask=kv_mask,
+      rng=rng,
+    )

@@ -54,8 +54,10 @@ def row_ids(batch, num_heads, num_q, q_offset, q_size):
   """uint32 [B, H, Q, 1] ids (b * H + h) * N + n of queries n in a block."""
   b = jnp.arange(batch, dtype=jnp.uint32)[:, None, None, None]
   h = jnp.arange(num_heads, dtype=jnp.uint32)[None, :, None, None]
-  n = (jnp.arange(q_size, dtype=jnp.uint32)
-       + jnp.asarray(q_offset).astype(jnp.uint32))[None, None, :, None]
+  n = (
+    jnp.arange(q_size, dtype=jnp.uint32)
+    + jnp.asarray(q_offset).astype(jnp.uint32)
+  )[None, None, :, None]
   return (b * np.uint32(num_heads) + h) * np.uint32(num_q) + n
 
 
@@ -71,18 +73,27 @@ def dropout_keep(seeds, rows, cols, rate):
 
 
 def block_size(length, chunk_size):
-  """(block, num_blocks): the fewest blocks of <= chunk_size covering length.
+  """(block, num_blocks): blocks of <= chunk_size covering length.
 
-  Blocks are made as even as possible so that little padding is needed.
+  A block size that divides `length` (a multiple of 8, at least half of
+  `chunk_size`) is preferred: then nothing is padded, and padding would copy
+  the keys and values. Otherwise the blocks are made as even as possible.
   """
   if chunk_size <= 0:
     raise ValueError(f'Chunk sizes must be positive; got {chunk_size}.')
-  num_blocks = -(-length // chunk_size)
-  block = -(-length // num_blocks)
-  if num_blocks > 1:
-    block = min(chunk_size, -(-block // 8) * 8)  # Aligned for vector units.
-    num_blocks = -(-length // block)
-  return block, num_blocks
+  if length <= chunk_size:
+    return length, 1
+  top = chunk_size - chunk_size % 8
+  for block in range(top, max(top // 2, 7), -8):
+    if length % block == 0:
+      return block, length // block
+  num_blocks = _ceil_div(length, chunk_size)
+  block = min(chunk_size, _ceil_div(_ceil_div(length, num_blocks), 8) * 8)
+  return block, _ceil_div(length, block)
+
+
+def _ceil_div(a, b):
+  return -(-a // b)
 
 
 def _pad_axis(x, axis, size):
@@ -113,8 +124,9 @@ def _slice(x, start, size, axis=2):
 
 def _block_logits(cfg, q_block, k_block, valid_block):
   """float32 [B, H, Q, K] scaled, masked logits of one block."""
-  s = jnp.einsum('bhqd,bhkd->bhqk', q_block, k_block,
-                 preferred_element_type=jnp.float32)
+  s = jnp.einsum(
+    'bhqd,bhkd->bhqk', q_block, k_block, preferred_element_type=jnp.float32
+  )
   s = s * jnp.float32(cfg.scale)
   if not cfg.masked:
     return s
@@ -127,8 +139,9 @@ def _block_dropout(cfg, seeds, q_start, k_start, shape):
   rows = row_ids(batch, heads, cfg.num_q, q_start, q_size)
   cols = jnp.arange(k_size, dtype=jnp.uint32) + k_start.astype(jnp.uint32)
   keep = dropout_keep(seeds, rows, cols, cfg.dropout_prob)
-  return jnp.where(keep, jnp.float32(1.0 / (1.0 - cfg.dropout_prob)),
-                   jnp.float32(0.0))
+  return jnp.where(
+    keep, jnp.float32(1.0 / (1.0 - cfg.dropout_prob)), jnp.float32(0.0)
+  )
 
 
 # --- Forward ------------------------------------------------------------------
@@ -144,28 +157,37 @@ def _forward(cfg, q, k, v, valid, seeds):
     q_block = _slice(q, q_start, cfg.q_block)  # [B, H, Q, D]
 
     def kv_step(carry, kj):
-      m, l, acc = carry
+      m, denom, acc = carry
       k_start = kj * cfg.kv_block
-      s = _block_logits(cfg, q_block, _slice(k, k_start, cfg.kv_block),
-                        _slice(valid, k_start, cfg.kv_block, axis=1))
+      s = _block_logits(
+        cfg,
+        q_block,
+        _slice(k, k_start, cfg.kv_block),
+        _slice(valid, k_start, cfg.kv_block, axis=1),
+      )
       m_new = jnp.maximum(m, jnp.max(s, axis=-1))
       p = jnp.exp(s - m_new[..., None])  # [B, H, Q, K]
       correction = jnp.exp(m - m_new)
-      l = l * correction + jnp.sum(p, axis=-1)
+      denom = denom * correction + jnp.sum(p, axis=-1)
       if cfg.dropout_prob > 0.0:
         p = p * _block_dropout(cfg, seeds, q_start, k_start, p.shape)
-      pv = jnp.einsum('bhqk,bhkd->bhqd', p.astype(v.dtype),
-                      _slice(v, k_start, cfg.kv_block),
-                      preferred_element_type=jnp.float32)
+      pv = jnp.einsum(
+        'bhqk,bhkd->bhqd',
+        p.astype(v.dtype),
+        _slice(v, k_start, cfg.kv_block),
+        preferred_element_type=jnp.float32,
+      )
       acc = acc * correction[..., None] + pv
-      return (m_new, l, acc), None
+      return (m_new, denom, acc), None
 
-    init = (jnp.full((batch, heads, cfg.q_block), -jnp.inf, jnp.float32),
-            jnp.zeros((batch, heads, cfg.q_block), jnp.float32),
-            jnp.zeros((batch, heads, cfg.q_block, value_dim), jnp.float32))
-    (m, l, acc), _ = lax.scan(kv_step, init, jnp.arange(cfg.num_kv_blocks))
-    out = (acc / l[..., None]).astype(v.dtype)
-    return None, (out, m + jnp.log(l))
+    init = (
+      jnp.full((batch, heads, cfg.q_block), -jnp.inf, jnp.float32),
+      jnp.zeros((batch, heads, cfg.q_block), jnp.float32),
+      jnp.zeros((batch, heads, cfg.q_block, value_dim), jnp.float32),
+    )
+    (m, denom, acc), _ = lax.scan(kv_step, init, jnp.arange(cfg.num_kv_blocks))
+    out = (acc / denom[..., None]).astype(v.dtype)
+    return None, (out, m + jnp.log(denom))
 
   _, (out, lse) = lax.scan(q_step, None, jnp.arange(cfg.num_q_blocks))
   # [nQ, B, H, Q, Dv] -> [B, H, Np, Dv]
@@ -191,8 +213,9 @@ def _attend_blocks_bwd(cfg, residuals, d_out):
   """Recomputes each block's weights from the saved log-sum-exp."""
   q, k, v, valid, seeds, out, lse = residuals
   # delta = rowsum(dO * O), also with dropout.
-  delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32),
-                  axis=-1)  # [B, H, Np]
+  delta = jnp.sum(
+    d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1
+  )  # [B, H, Np]
 
   def q_step(carry, qi):
     dk, dv = carry
@@ -207,41 +230,57 @@ def _attend_blocks_bwd(cfg, residuals, d_out):
       k_start = kj * cfg.kv_block
       k_block = _slice(k, k_start, cfg.kv_block)
       v_block = _slice(v, k_start, cfg.kv_block)
-      s = _block_logits(cfg, q_block, k_block,
-                        _slice(valid, k_start, cfg.kv_block, axis=1))
+      s = _block_logits(
+        cfg, q_block, k_block, _slice(valid, k_start, cfg.kv_block, axis=1)
+      )
       p = jnp.exp(s - lse_block[..., None])  # [B, H, Q, K]
-      dp = jnp.einsum('bhqd,bhkd->bhqk', do_block, v_block,
-                      preferred_element_type=jnp.float32)
+      dp = jnp.einsum(
+        'bhqd,bhkd->bhqk', do_block, v_block, preferred_element_type=jnp.float32
+      )
       p_dropped = p
       if cfg.dropout_prob > 0.0:
         multiplier = _block_dropout(cfg, seeds, q_start, k_start, p.shape)
         p_dropped = p * multiplier
         dp = dp * multiplier
-      dv_block = jnp.einsum('bhqk,bhqd->bhkd', p_dropped.astype(v.dtype),
-                            do_block, preferred_element_type=jnp.float32)
+      dv_block = jnp.einsum(
+        'bhqk,bhqd->bhkd',
+        p_dropped.astype(v.dtype),
+        do_block,
+        preferred_element_type=jnp.float32,
+      )
       ds = p * (dp - delta_block[..., None]) * jnp.float32(cfg.scale)
       ds = ds.astype(q.dtype)
-      dq_block = dq_block + jnp.einsum('bhqk,bhkd->bhqd', ds, k_block,
-                                       preferred_element_type=jnp.float32)
-      dk_block = jnp.einsum('bhqk,bhqd->bhkd', ds, q_block,
-                            preferred_element_type=jnp.float32)
+      dq_block = dq_block + jnp.einsum(
+        'bhqk,bhkd->bhqd', ds, k_block, preferred_element_type=jnp.float32
+      )
+      dk_block = jnp.einsum(
+        'bhqk,bhqd->bhkd', ds, q_block, preferred_element_type=jnp.float32
+      )
       dk = lax.dynamic_update_slice_in_dim(
-          dk, _slice(dk, k_start, cfg.kv_block) + dk_block, k_start, axis=2)
+        dk, _slice(dk, k_start, cfg.kv_block) + dk_block, k_start, axis=2
+      )
       dv = lax.dynamic_update_slice_in_dim(
-          dv, _slice(dv, k_start, cfg.kv_block) + dv_block, k_start, axis=2)
+        dv, _slice(dv, k_start, cfg.kv_block) + dv_block, k_start, axis=2
+      )
       return (dq_block, dk, dv), None
 
     dq_block = jnp.zeros(q_block.shape, jnp.float32)
-    (dq_block, dk, dv), _ = lax.scan(kv_step, (dq_block, dk, dv),
-                                     jnp.arange(cfg.num_kv_blocks))
+    (dq_block, dk, dv), _ = lax.scan(
+      kv_step, (dq_block, dk, dv), jnp.arange(cfg.num_kv_blocks)
+    )
     return (dk, dv), dq_block
 
   init = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
   (dk, dv), dq = lax.scan(q_step, init, jnp.arange(cfg.num_q_blocks))
   batch, heads, _, head_dim = q.shape
   dq = jnp.moveaxis(dq, 0, 2).reshape(batch, heads, -1, head_dim)
-  return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None,
-          None)
+  return (
+    dq.astype(q.dtype),
+    dk.astype(k.dtype),
+    dv.astype(v.dtype),
+    None,
+    None,
+  )
 
 
 _attend_blocks.defvjp(_attend_blocks_fwd, _attend_blocks_bwd)
@@ -250,9 +289,17 @@ _attend_blocks.defvjp(_attend_blocks_fwd, _attend_blocks_bwd)
 # --- Entry point --------------------------------------------------------------
 
 
-def chunked_attend(q, k, v, *, kv_mask=None, dropout_prob=0.0,
-                   dropout_rng=None, q_chunk_size=DEFAULT_Q_CHUNK_SIZE,
-                   kv_chunk_size=DEFAULT_KV_CHUNK_SIZE):
+def chunked_attend(
+  q,
+  k,
+  v,
+  *,
+  kv_mask=None,
+  dropout_prob=0.0,
+  dropout_rng=None,
+  q_chunk_size=DEFAULT_Q_CHUNK_SIZE,
+  kv_chunk_size=DEFAULT_KV_CHUNK_SIZE,
+):
   """Attention in [Q, K] blocks, without the [B, H, N, M] matrix.
 
   Rows whose keys are all masked come out as the mean of the values, as in
@@ -276,10 +323,16 @@ def chunked_attend(q, k, v, *, kv_mask=None, dropout_prob=0.0,
   q_block, num_q_blocks = block_size(num_q, q_chunk_size)
   kv_block, num_kv_blocks = block_size(num_kv, kv_chunk_size)
   padded_kv = kv_block * num_kv_blocks
-  cfg = _Config(num_q=num_q, q_block=q_block, kv_block=kv_block,
-                num_q_blocks=num_q_blocks, num_kv_blocks=num_kv_blocks,
-                scale=1.0 / math.sqrt(head_dim), dropout_prob=dropout_prob,
-                masked=kv_mask is not None or padded_kv != num_kv)
+  cfg = _Config(
+    num_q=num_q,
+    q_block=q_block,
+    kv_block=kv_block,
+    num_q_blocks=num_q_blocks,
+    num_kv_blocks=num_kv_blocks,
+    scale=1.0 / math.sqrt(head_dim),
+    dropout_prob=dropout_prob,
+    masked=kv_mask is not None or padded_kv != num_kv,
+  )
   if dropout_prob > 0.0:
     seeds = dropout_seeds(dropout_rng)
   else:

@@ -84,6 +84,10 @@ def _encoder(**overrides):
     use_query_residual=True,
     attention_impl='einsum',
     remat_blocks=False,
+    remat_layers=False,
+    scan_blocks=True,
+    scan_layers=False,
+    compute_dtype=None,
   )
   kwargs.update(overrides)
   return kwargs

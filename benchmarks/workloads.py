@@ -1,0 +1,198 @@
+"""What the harness measures: a model, its inputs, a forward and a train step.
+
+Shape letters: B batch, S sequence, H height, W width, K classes.
+
+`build_workload(spec)` turns a plain dict (picklable, so it can cross into a
+worker process) into jitted `forward()` and `train_step()` closures over one
+set of random parameters, for our implementation ('ours') or the
+straightforward one ('straightforward', see `baseline.py`).
+"""
+
+import contextlib
+import dataclasses
+import importlib.util
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from benchmarks import baseline
+from perceiver_io import attention
+from perceiver_io import models
+
+IMPLS = ('ours', 'straightforward', 'pytorch')
+
+
+def load_experiment_model(path_and_arg):
+  """(architecture, model config) from `configs/x.py[:arg]`'s config.model."""
+  path, _, arg = path_and_arg.partition(':')
+  module_spec = importlib.util.spec_from_file_location('bench_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  model = config.model.to_dict()
+  name = model.pop('architecture')
+  return name, ml_collections.ConfigDict(model)
+
+
+def model_config(spec):
+  """The model config a workload spec describes."""
+  if spec.get('experiment_config'):
+    name, config = load_experiment_model(spec['experiment_config'])
+  else:
+    name, config = spec['arch'], models.get_config(spec['arch'])
+  if spec.get('image_size'):
+    size = tuple(spec['image_size'])
+    if name not in models.IMAGENET_ARCHITECTURES:
+      raise ValueError('--image_size applies to the ImageNet architectures.')
+    config.image_size = size
+    fourier = config.input_preprocessor.get('fourier_position_encoding_kwargs')
+    if fourier is not None and config.input_preprocessor.prep_type == 'pixels':
+      fourier.max_resolution = size
+  for section in ('encoder', 'decoder'):
+    if section in config and 'attention_impl' in config[section]:
+      config[section].attention_impl = spec.get('attention_impl', 'einsum')
+  for key, value in spec.get('overrides', {}).items():
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      node = node[parent]
+    if leaf not in node:
+      raise ValueError(f'Unknown config key {key!r}.')
+    node[leaf] = value
+  return name, config
+
+
+def random_inputs(name, config, batch_size, seed=0):
+  """Random inputs of the shapes `config` expects (numpy)."""
+  rng = np.random.default_rng(seed)
+  inputs = models.example_inputs(name, config, batch_size)
+  for key, value in inputs.items():
+    if key == 'inputs':
+      inputs[key] = rng.integers(
+        0, config.vocab_size, value.shape, dtype=np.int32
+      )
+    elif value.dtype == np.float32:
+      inputs[key] = rng.uniform(-1, 1, value.shape).astype(np.float32)
+  return inputs
+
+
+def loss_fn(name, outputs, targets):
+  """Cross-entropy for classifiers and the MLM, mean squares otherwise."""
+  if name == models.LANGUAGE or name in models.IMAGENET_ARCHITECTURES:
+    log_probs = jax.nn.log_softmax(outputs.astype(jnp.float32))
+    picked = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)
+    return -jnp.mean(picked)
+  leaves = jax.tree.leaves(outputs)
+  return sum(jnp.mean(jnp.square(x.astype(jnp.float32))) for x in leaves)
+
+
+def targets_for(name, config, batch_size, seed=1):
+  rng = np.random.default_rng(seed)
+  if name == models.LANGUAGE:
+    return rng.integers(
+      0, config.vocab_size, (batch_size, config.max_seq_len), dtype=np.int32
+    )
+  if name in models.IMAGENET_ARCHITECTURES:
+    return rng.integers(
+      0, config.decoder.num_classes, (batch_size,), dtype=np.int32
+    )
+  return None
+
+
+@dataclasses.dataclass
+class Workload:
+  """Jitted closures over one model's parameters and inputs."""
+
+  name: str
+  batch_size: int
+  num_params: int
+  forward: Callable
+  train_step: Callable
+  compile_forward: Callable
+  compile_train: Callable
+
+
+def build_workload(spec):
+  """A `Workload` for spec['impl'] in ('ours', 'straightforward')."""
+  name, config = model_config(spec)
+  batch_size = spec['batch_size']
+  build = models.build if spec['impl'] == 'ours' else baseline.build
+  model = build(name, config)
+  inputs = jax.tree.map(jnp.asarray, random_inputs(name, config, batch_size))
+  targets = targets_for(name, config, batch_size)
+  with dtype_scope(spec):
+    params, state = jax.jit(lambda r: model.init(r, **inputs))(
+      jax.random.PRNGKey(0)
+    )
+  optimizer = optax.adam(1e-4)
+
+  def forward_fn(params, state, inputs):
+    return model.apply(params, state, None, is_training=False, **inputs)[0]
+
+  def update(train_state, inputs, targets):
+    params, state, opt_state = train_state
+
+    def loss(params):
+      outputs, new_state = model.apply(
+        params, state, None, is_training=True, **inputs
+      )
+      return loss_fn(name, outputs, targets), new_state
+
+    (value, new_state), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), new_state, opt_state), value
+
+  forward_jit = jax.jit(forward_fn)
+  update_jit = jax.jit(update, donate_argnums=(0,))
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  # One copy of the parameters: the train step takes them over (and donates
+  # them), so measure the forward first.
+  holder = {'params': params, 'train_state': None}
+  del params
+
+  def compile_forward():
+    with dtype_scope(spec):
+      holder['forward'] = forward_jit.lower(
+        holder['params'], state, inputs
+      ).compile()
+    return holder['forward']
+
+  def compile_train():
+    params = holder.pop('params')
+    train_state = (params, state, optimizer.init(params))
+    with dtype_scope(spec):
+      holder['update'] = update_jit.lower(
+        train_state, inputs, targets
+      ).compile()
+    holder['train_state'] = train_state
+    return holder['update']
+
+  def forward():
+    return holder['forward'](holder['params'], state, inputs)
+
+  def train_step():
+    holder['train_state'], value = holder['update'](
+      holder['train_state'], inputs, targets
+    )
+    return value
+
+  return Workload(
+    name=name,
+    batch_size=batch_size,
+    num_params=num_params,
+    forward=forward,
+    train_step=train_step,
+    compile_forward=compile_forward,
+    compile_train=compile_train,
+  )
+
+
+def dtype_scope(spec):
+  """The bf16 policy's scope when the spec asks for a compute dtype."""
+  if spec.get('compute_dtype'):
+    return attention.compute_dtype_scope(spec['compute_dtype'])
+  return contextlib.nullcontext()

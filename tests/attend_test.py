@@ -1,0 +1,277 @@
+"""Every attention path against the einsum reference, forward and gradient."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from perceiver_io import attend
+from perceiver_io import chunked_attend
+
+FAST_PATHS = tuple(i for i in attend.IMPLEMENTATIONS if i != 'einsum')
+# Small chunks, so that a few dozen queries and keys span several blocks and
+# the last block needs padding.
+CHUNKS = dict(q_chunk_size=8, kv_chunk_size=16)
+
+
+def _inputs(
+  batch=2, num_q=21, num_kv=37, heads=3, head_dim=8, value_dim=5, seed=0
+):
+  rng = np.random.default_rng(seed)
+  q = rng.normal(size=(batch, num_q, heads, head_dim)).astype(np.float32)
+  k = rng.normal(size=(batch, num_kv, heads, head_dim)).astype(np.float32)
+  v = rng.normal(size=(batch, num_kv, heads, value_dim)).astype(np.float32)
+  return jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+
+
+def _masks(batch, num_q, num_kv, seed=1):
+  """Random masks; batch element 1 has every key masked."""
+  rng = np.random.default_rng(seed)
+  q_mask = rng.integers(0, 2, (batch, num_q)).astype(np.int32)
+  kv_mask = rng.integers(0, 2, (batch, num_kv)).astype(np.int32)
+  kv_mask[1] = 0
+  return jnp.asarray(q_mask), jnp.asarray(kv_mask)
+
+
+def _value_and_grads(implementation, q, k, v, **kwargs):
+  def loss(q, k, v):
+    out = attend.attend(
+      q, k, v, implementation=implementation, **CHUNKS, **kwargs
+    )
+    return jnp.sum(jnp.sin(3.0 * out)), out
+
+  (_, out), grads = jax.jit(
+    jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
+  )(q, k, v)
+  return out, grads
+
+
+class AttendEquivalenceTest(parameterized.TestCase):
+  @parameterized.product(
+    implementation=FAST_PATHS, masks=('none', 'kv', 'q', 'both')
+  )
+  def test_matches_reference_forward_and_gradient(self, implementation, masks):
+    q, k, v = _inputs()
+    q_mask, kv_mask = _masks(2, q.shape[1], k.shape[1])
+    kwargs = {}
+    if masks in ('q', 'both'):
+      kwargs['q_mask'] = q_mask
+    if masks in ('kv', 'both'):
+      kwargs['kv_mask'] = kv_mask
+    want_out, want_grads = _value_and_grads('einsum', q, k, v, **kwargs)
+    out, grads = _value_and_grads(implementation, q, k, v, **kwargs)
+    np.testing.assert_allclose(out, want_out, atol=2e-6, rtol=1e-5)
+    for got, want in zip(grads, want_grads, strict=True):
+      np.testing.assert_allclose(got, want, atol=5e-6, rtol=1e-5)
+
+  @parameterized.parameters(*FAST_PATHS)
+  def test_equal_head_sizes(self, implementation):
+    q, k, v = _inputs(value_dim=8)
+    want_out, want_grads = _value_and_grads('einsum', q, k, v)
+    out, grads = _value_and_grads(implementation, q, k, v)
+    np.testing.assert_allclose(out, want_out, atol=2e-6, rtol=1e-5)
+    for got, want in zip(grads, want_grads, strict=True):
+      np.testing.assert_allclose(got, want, atol=5e-6, rtol=1e-5)
+
+  @parameterized.parameters(*attend.IMPLEMENTATIONS)
+  def test_all_masked_rows_are_zero_with_zero_gradient(self, implementation):
+    q, k, v = _inputs()
+    q_mask, kv_mask = _masks(2, q.shape[1], k.shape[1])
+    out, (dq, dk, dv) = _value_and_grads(
+      implementation, q, k, v, q_mask=q_mask, kv_mask=kv_mask
+    )
+    self.assertEqual(out.shape, (2, 21, 3 * 5))
+    # Batch element 1 has no key; masked queries of element 0 get nothing.
+    np.testing.assert_array_equal(out[1], 0.0)
+    np.testing.assert_array_equal(out[0][q_mask[0] == 0], 0.0)
+    for grad in (dq[1], dk[1], dv[1], dq[0][q_mask[0] == 0]):
+      np.testing.assert_array_equal(grad, 0.0)
+    # Masked keys get no gradient either.
+    np.testing.assert_array_equal(dk[0][kv_mask[0] == 0], 0.0)
+    np.testing.assert_array_equal(dv[0][kv_mask[0] == 0], 0.0)
+
+  def test_masked_keys_do_not_change_the_output(self):
+    q, k, v = _inputs()
+    _, kv_mask = _masks(2, q.shape[1], k.shape[1])
+    noise = jnp.where(kv_mask[..., None, None] == 0, 100.0, 0.0)
+    for implementation in attend.IMPLEMENTATIONS:
+      a = attend.attend(
+        q, k, v, kv_mask=kv_mask, implementation=implementation, **CHUNKS
+      )
+      b = attend.attend(
+        q,
+        k + noise,
+        v - noise,
+        kv_mask=kv_mask,
+        implementation=implementation,
+        **CHUNKS,
+      )
+      np.testing.assert_allclose(a, b, atol=1e-6, err_msg=implementation)
+
+  @parameterized.parameters((1, 1), (5, 3), (64, 64), (21, 37))
+  def test_chunked_any_block_sizes(self, q_chunk, kv_chunk):
+    q, k, v = _inputs()
+    _, kv_mask = _masks(2, q.shape[1], k.shape[1])
+    want = attend.attend(q, k, v, kv_mask=kv_mask)
+    got = attend.attend(
+      q,
+      k,
+      v,
+      kv_mask=kv_mask,
+      implementation='chunked',
+      q_chunk_size=q_chunk,
+      kv_chunk_size=kv_chunk,
+    )
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=1e-5)
+
+  def test_bfloat16_inputs_stay_close(self):
+    q, k, v = (x.astype(jnp.bfloat16) for x in _inputs(value_dim=8))
+    want = attend.attend(*(x.astype(jnp.float32) for x in (q, k, v)))
+    for implementation in attend.IMPLEMENTATIONS:
+      got = attend.attend(q, k, v, implementation=implementation, **CHUNKS)
+      self.assertEqual(got.dtype, jnp.bfloat16)
+      np.testing.assert_allclose(
+        got.astype(jnp.float32), want, atol=3e-2, err_msg=implementation
+      )
+
+
+class DropoutTest(parameterized.TestCase):
+  def test_chunked_drops_exactly_what_the_reference_drops(self):
+    q, k, v = _inputs()
+    q_mask, kv_mask = _masks(2, q.shape[1], k.shape[1])
+    kwargs = dict(
+      q_mask=q_mask,
+      kv_mask=kv_mask,
+      dropout_prob=0.3,
+      dropout_rng=jax.random.PRNGKey(7),
+    )
+    want_out, want_grads = _value_and_grads('einsum', q, k, v, **kwargs)
+    out, grads = _value_and_grads('chunked', q, k, v, **kwargs)
+    no_dropout, _ = _value_and_grads(
+      'einsum', q, k, v, q_mask=q_mask, kv_mask=kv_mask
+    )
+    self.assertGreater(float(jnp.max(jnp.abs(want_out - no_dropout))), 0.1)
+    np.testing.assert_allclose(out, want_out, atol=2e-6, rtol=1e-5)
+    for got, want in zip(grads, want_grads, strict=True):
+      np.testing.assert_allclose(got, want, atol=5e-6, rtol=1e-5)
+
+  def test_keep_rate_and_seed_dependence(self):
+    rate = 0.25
+    rows = chunked_attend.row_ids(2, 4, 64, 0, 64)
+    cols = jnp.arange(256, dtype=jnp.uint32)
+    seeds = chunked_attend.dropout_seeds(jax.random.PRNGKey(0))
+    keep = chunked_attend.dropout_keep(seeds, rows, cols, rate)
+    self.assertEqual(keep.shape, (2, 4, 64, 256))
+    self.assertAlmostEqual(float(jnp.mean(keep)), 1.0 - rate, delta=0.01)
+    # Neither rows nor columns repeat a pattern.
+    self.assertFalse(bool(jnp.all(keep[0, 0, 0] == keep[0, 0, 1])))
+    self.assertFalse(bool(jnp.all(keep[..., 0] == keep[..., 1])))
+    other = chunked_attend.dropout_keep(
+      chunked_attend.dropout_seeds(jax.random.PRNGKey(1)), rows, cols, rate
+    )
+    self.assertLess(float(jnp.mean(keep == other)), 0.7)
+
+  def test_dot_product_refuses_dropout(self):
+    q, k, v = _inputs()
+    with self.assertRaisesRegex(ValueError, 'no dropout'):
+      attend.attend(
+        q,
+        k,
+        v,
+        dropout_prob=0.1,
+        dropout_rng=jax.random.PRNGKey(0),
+        implementation='dot_product',
+      )
+
+
+class MemoryTest(absltest.TestCase):
+  def _temp_bytes(self, implementation, grad):
+    shape = jax.ShapeDtypeStruct((1, 4096, 1, 32), jnp.float32)
+
+    def forward(q, k, v):
+      return attend.attend(
+        q,
+        k,
+        v,
+        implementation=implementation,
+        q_chunk_size=256,
+        kv_chunk_size=256,
+      )
+
+    fn = forward
+    if grad:
+      fn = jax.grad(
+        lambda q, k, v: jnp.sum(jnp.sin(forward(q, k, v))), argnums=(0, 1, 2)
+      )
+    compiled = jax.jit(fn).lower(shape, shape, shape).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  def test_chunked_never_holds_the_attention_matrix(self):
+    matrix_bytes = 4096 * 4096 * 4  # 64 MiB.
+    self.assertGreaterEqual(
+      self._temp_bytes('einsum', grad=False), matrix_bytes
+    )
+    for grad in (False, True):
+      self.assertLess(self._temp_bytes('chunked', grad), matrix_bytes / 8)
+
+
+class AutoTest(absltest.TestCase):
+  def test_auto_picks_by_size(self):
+    small = jax.ShapeDtypeStruct((1, 64, 1, 8), jnp.float32)
+    big_q = jax.ShapeDtypeStruct((1, 1024, 2, 8), jnp.float32)
+    big_kv = jax.ShapeDtypeStruct((1, 1024, 2, 8), jnp.float32)
+    self.assertEqual(
+      attend.resolve_implementation(small, small, small), 'einsum'
+    )
+    self.assertEqual(
+      attend.resolve_implementation(big_q, big_kv, big_kv), 'chunked'
+    )
+    self.assertEqual(
+      attend.resolve_implementation(
+        small, small, small, implementation='chunked'
+      ),
+      'chunked',
+    )
+
+  def test_cudnn_only_on_gpu(self):
+    x = jax.ShapeDtypeStruct((1, 64, 2, 64), jnp.bfloat16)
+    self.assertEqual(
+      attend.cudnn_applies(x, x, x), jax.default_backend() == 'gpu'
+    )
+
+
+class ErrorTest(parameterized.TestCase):
+  @parameterized.named_parameters(
+    ('rank', dict(q=(2, 3, 8)), 'rank 4'),
+    ('kv', dict(v=(2, 5, 3, 8)), 'differ in'),
+    ('heads', dict(q=(2, 4, 2, 8)), 'batch or heads'),
+    ('channels', dict(q=(2, 4, 3, 4)), 'same channels'),
+  )
+  def test_bad_shapes(self, shapes, message):
+    sizes = dict(q=(2, 4, 3, 8), k=(2, 6, 3, 8), v=(2, 6, 3, 8))
+    sizes.update(shapes)
+    q, k, v = (jnp.zeros(sizes[n]) for n in 'qkv')
+    with self.assertRaisesRegex(ValueError, message):
+      attend.attend(q, k, v)
+
+  def test_bad_masks_rates_and_names(self):
+    q, k, v = _inputs()
+    with self.assertRaisesRegex(ValueError, 'q_mask must have shape'):
+      attend.attend(q, k, v, q_mask=jnp.ones((2, 3)))
+    with self.assertRaisesRegex(ValueError, 'kv_mask must have shape'):
+      attend.attend(q, k, v, kv_mask=jnp.ones((2, 3)))
+    with self.assertRaisesRegex(ValueError, 'needs dropout_rng'):
+      attend.attend(q, k, v, dropout_prob=0.1)
+    with self.assertRaisesRegex(ValueError, r'in \[0, 1\)'):
+      attend.attend(
+        q, k, v, dropout_prob=1.0, dropout_rng=jax.random.PRNGKey(0)
+      )
+    with self.assertRaisesRegex(ValueError, 'Unknown attention'):
+      attend.attend(q, k, v, implementation='flash')
+    with self.assertRaisesRegex(ValueError, 'Chunk sizes must be positive'):
+      attend.attend(q, k, v, implementation='chunked', kv_chunk_size=0)
+
+
+if __name__ == '__main__':
+  absltest.main()

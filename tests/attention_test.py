@@ -1,0 +1,287 @@
+"""Attention layers: names, numbers against DeepMind's formulation, errors."""
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from benchmarks import baseline
+from perceiver_io import attention
+from perceiver_io.layer_norm import layer_norm
+
+SELF_ATTENTION_MODULES = {
+  'self_attention/layer_norm': ('offset', 'scale'),
+  'self_attention/attention/linear': ('b', 'w'),
+  'self_attention/attention/linear_1': ('b', 'w'),
+  'self_attention/attention/linear_2': ('b', 'w'),
+  'self_attention/attention/linear_3': ('b', 'w'),
+  'self_attention/layer_norm_1': ('offset', 'scale'),
+  'self_attention/mlp/linear': ('b', 'w'),
+  'self_attention/mlp/linear_1': ('b', 'w'),
+}
+
+
+def _random_params(params, seed=0):
+  """Replaces every leaf with noise, so no gradient is trivially zero."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  return jax.tree.unflatten(
+    treedef,
+    [
+      0.3 * jax.random.normal(key, leaf.shape)
+      + (leaf if leaf.ndim == 1 else 0.0)
+      for key, leaf in zip(keys, leaves, strict=True)
+    ],
+  )
+
+
+def _self_attention(impl_module, mask=None, **kwargs):
+  def fn(x):
+    return impl_module(
+      num_heads=2, widening_factor=2, qk_channels=8, v_channels=12, **kwargs
+    )(x, is_training=False, mask=mask)
+
+  return hk.transform(fn)
+
+
+def _cross_attention(impl_module, q_mask=None, kv_mask=None, **kwargs):
+  def fn(x_q, x_kv):
+    return impl_module(num_heads=2, widening_factor=1, **kwargs)(
+      x_q, x_kv, is_training=False, q_mask=q_mask, kv_mask=kv_mask
+    )
+
+  return hk.transform(fn)
+
+
+def _assert_same_values_and_grads(test, ours, reference, params, *inputs):
+  def loss(module):
+    return lambda p, *x: jnp.sum(jnp.sin(module.apply(p, None, *x)))
+
+  want, want_grads = jax.jit(
+    jax.value_and_grad(loss(reference), argnums=(0, 1))
+  )(params, *inputs)
+  got, got_grads = jax.jit(jax.value_and_grad(loss(ours), argnums=(0, 1)))(
+    params, *inputs
+  )
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(want_grads))
+  for (path, g), w in zip(
+    jax.tree_util.tree_leaves_with_path(got_grads),
+    jax.tree.leaves(want_grads),
+    strict=True,
+  ):
+    # Key biases have a zero gradient (softmax ignores them): compare all
+    # leaves on the scale of the largest gradient.
+    np.testing.assert_allclose(
+      g, w, atol=1e-5 * scale, rtol=1e-4, err_msg=jax.tree_util.keystr(path)
+    )
+
+
+class LayerNormTest(absltest.TestCase):
+  def test_matches_haiku_forward_and_gradient(self):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 5, 16)) * 3 + 1, jnp.float32)
+    scale = jnp.asarray(rng.normal(size=16), jnp.float32)
+    offset = jnp.asarray(rng.normal(size=16), jnp.float32)
+
+    def haiku_layer_norm(x):
+      return hk.LayerNorm(-1, create_scale=True, create_offset=True)(x)
+
+    ln = hk.without_apply_rng(hk.transform(haiku_layer_norm))
+    params = {'layer_norm': {'scale': scale, 'offset': offset}}
+
+    def ours(x, scale, offset):
+      return jnp.sum(jnp.sin(layer_norm(x, scale, offset)))
+
+    def reference(x, scale, offset):
+      p = {'layer_norm': {'scale': scale, 'offset': offset}}
+      return jnp.sum(jnp.sin(ln.apply(p, x)))
+
+    np.testing.assert_allclose(
+      layer_norm(x, scale, offset), ln.apply(params, x), atol=1e-5
+    )
+    got = jax.grad(ours, argnums=(0, 1, 2))(x, scale, offset)
+    want = jax.grad(reference, argnums=(0, 1, 2))(x, scale, offset)
+    for g, w in zip(got, want, strict=True):
+      np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+
+  def test_low_precision_inputs_give_float32(self):
+    x = jnp.ones((3, 8), jnp.bfloat16) * jnp.arange(8, dtype=jnp.bfloat16)
+    y = layer_norm(x, jnp.ones(8), jnp.zeros(8))
+    self.assertEqual(y.dtype, jnp.float32)
+    np.testing.assert_allclose(jnp.mean(y, -1), 0.0, atol=1e-5)
+
+
+class SelfAttentionTest(parameterized.TestCase):
+  def test_parameter_names_are_deepminds(self):
+    x = jnp.zeros((2, 6, 16))
+    params = _self_attention(attention.SelfAttention).init(
+      jax.random.PRNGKey(0), x
+    )
+    self.assertEqual(
+      {k: tuple(sorted(v)) for k, v in params.items()}, SELF_ATTENTION_MODULES
+    )
+    self.assertEqual(
+      params['self_attention/attention/linear']['w'].shape, (16, 8)
+    )
+    self.assertEqual(
+      params['self_attention/attention/linear_2']['w'].shape, (16, 12)
+    )
+    self.assertEqual(params['self_attention/mlp/linear']['w'].shape, (16, 32))
+    reference = _self_attention(baseline.SelfAttention).init(
+      jax.random.PRNGKey(0), x
+    )
+    self.assertEqual(
+      jax.tree.map(jnp.shape, params), jax.tree.map(jnp.shape, reference)
+    )
+
+  @parameterized.product(
+    implementation=('einsum', 'chunked', 'dot_product'), masked=(False, True)
+  )
+  def test_matches_deepminds_formulation(self, implementation, masked):
+    x = jnp.asarray(
+      np.random.default_rng(1).normal(size=(2, 6, 16)), jnp.float32
+    )
+    mask = jnp.array([[1, 1, 0, 1, 0, 1], [0] * 6]) if masked else None
+    ours = _self_attention(
+      attention.SelfAttention, mask, attention_impl=implementation
+    )
+    reference = _self_attention(baseline.SelfAttention, mask)
+    params = _random_params(ours.init(jax.random.PRNGKey(0), x))
+    _assert_same_values_and_grads(self, ours, reference, params, x)
+
+  def test_bfloat16_compute_keeps_float32_params_and_outputs(self):
+    x = jnp.asarray(
+      np.random.default_rng(1).normal(size=(2, 6, 16)), jnp.float32
+    )
+    f32 = _self_attention(attention.SelfAttention)
+    bf16 = _self_attention(attention.SelfAttention, compute_dtype='bfloat16')
+    params = _random_params(bf16.init(jax.random.PRNGKey(0), x))
+    self.assertTrue(
+      all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+    )
+    want = jax.jit(f32.apply)(params, None, x)
+    got = jax.jit(bf16.apply)(params, None, x)
+    self.assertEqual(got.dtype, jnp.float32)
+    self.assertGreater(float(jnp.max(jnp.abs(got - want))), 0.0)
+    np.testing.assert_allclose(got, want, atol=0.1, rtol=0.05)
+    # A fresh function: jit caches traces, and the scope acts while tracing.
+    with attention.compute_dtype_scope('bfloat16'):
+      scoped = jax.jit(_self_attention(attention.SelfAttention).apply)(
+        params, None, x
+      )
+    np.testing.assert_array_equal(scoped, got)
+
+  def test_dropout_depends_on_rng(self):
+    x = jnp.asarray(
+      np.random.default_rng(1).normal(size=(2, 6, 16)), jnp.float32
+    )
+
+    def fn(x, is_training):
+      return attention.SelfAttention(
+        num_heads=2, dropout_prob=0.3, dropout_attn_prob=0.3
+      )(x, is_training=is_training)
+
+    model = hk.transform(fn)
+    params = model.init(jax.random.PRNGKey(0), x, True)
+    apply = jax.jit(model.apply, static_argnums=3)
+    a = apply(params, jax.random.PRNGKey(1), x, True)
+    b = apply(params, jax.random.PRNGKey(2), x, True)
+    eval_out = apply(params, None, x, False)
+    self.assertGreater(float(jnp.max(jnp.abs(a - b))), 1e-3)
+    np.testing.assert_array_equal(
+      a, apply(params, jax.random.PRNGKey(1), x, True)
+    )
+    self.assertGreater(float(jnp.max(jnp.abs(a - eval_out))), 1e-3)
+    with self.assertRaisesRegex(ValueError, 'PRNGKey'):
+      model.apply(params, None, x, True)
+
+  @parameterized.named_parameters(
+    ('heads', dict(num_heads=3), 'divisible by the number of heads'),
+    ('dtype', dict(compute_dtype='int8'), 'Unknown compute_dtype'),
+    ('impl', dict(attention_impl='flash'), 'Unknown attention_impl'),
+    ('dropout', dict(dropout_prob=1.0), r'in \[0, 1\)'),
+    ('widening', dict(widening_factor=0), 'must be positive'),
+  )
+  def test_bad_arguments(self, kwargs, message):
+    def fn(x):
+      return attention.SelfAttention(**kwargs)(x, is_training=False)
+
+    with self.assertRaisesRegex(ValueError, message):
+      hk.transform(fn).init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 16)))
+
+  def test_bad_rank(self):
+    def fn(x):
+      return attention.SelfAttention(num_heads=2)(x, is_training=False)
+
+    with self.assertRaisesRegex(ValueError, r'\[B, N, C\]'):
+      hk.transform(fn).init(jax.random.PRNGKey(0), jnp.zeros((4, 16)))
+
+
+class CrossAttentionTest(parameterized.TestCase):
+  @parameterized.parameters(
+    ('einsum', 'kv', True),
+    ('chunked', 'q', False),
+    ('dot_product', 'kv', False),
+  )
+  def test_matches_deepminds_formulation(
+    self, implementation, shape_for_attn, use_query_residual
+  ):
+    rng = np.random.default_rng(2)
+    x_q = jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32)
+    x_kv = jnp.asarray(rng.normal(size=(2, 9, 6)), jnp.float32)
+    q_mask = jnp.array([[1, 0, 1, 1, 1], [1, 1, 1, 0, 1]])
+    kv_mask = jnp.array([[1, 1, 0, 1, 0, 1, 1, 1, 0], [0] * 9])
+    kwargs = dict(
+      shape_for_attn=shape_for_attn, use_query_residual=use_query_residual
+    )
+    ours = _cross_attention(
+      attention.CrossAttention,
+      q_mask,
+      kv_mask,
+      attention_impl=implementation,
+      **kwargs,
+    )
+    reference = _cross_attention(
+      baseline.CrossAttention, q_mask, kv_mask, **kwargs
+    )
+    params = _random_params(ours.init(jax.random.PRNGKey(0), x_q, x_kv))
+    self.assertEqual(
+      jax.tree.map(jnp.shape, params),
+      jax.tree.map(jnp.shape, reference.init(jax.random.PRNGKey(0), x_q, x_kv)),
+    )
+    self.assertEqual(
+      params['cross_attention/attention/linear']['w'].shape,
+      (16, 6 if shape_for_attn == 'kv' else 16),
+    )
+    _assert_same_values_and_grads(self, ours, reference, params, x_q, x_kv)
+
+  def test_query_chunks_change_nothing(self):
+    rng = np.random.default_rng(3)
+    x_q = jnp.asarray(rng.normal(size=(2, 11, 8)), jnp.float32)
+    x_kv = jnp.asarray(rng.normal(size=(2, 7, 6)), jnp.float32)
+    q_mask = jnp.asarray(rng.integers(0, 2, (2, 11)))
+    whole = _cross_attention(
+      attention.CrossAttention, q_mask, query_chunk_size=None
+    )
+    chunked = _cross_attention(
+      attention.CrossAttention, q_mask, query_chunk_size=4
+    )
+    params = _random_params(whole.init(jax.random.PRNGKey(0), x_q, x_kv))
+    # Two chunks of 4 queries in a loop, then the last 3.
+    self.assertIn(
+      'while', jax.jit(chunked.apply).lower(params, None, x_q, x_kv).as_text()
+    )
+    _assert_same_values_and_grads(self, chunked, whole, params, x_q, x_kv)
+
+  def test_bad_shape_for_attn(self):
+    with self.assertRaisesRegex(ValueError, 'Unknown shape_for_attn'):
+      hk.transform(lambda: attention.CrossAttention(shape_for_attn='x')).init(
+        None
+      )
+
+
+if __name__ == '__main__':
+  absltest.main()

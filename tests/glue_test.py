@@ -1,0 +1,146 @@
+"""GLUE fine-tuning end to end on mock data, and the summary."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from configs import glue as glue_config
+from configs import masked_lm as masked_lm_config
+from experiments import glue
+from experiments import glue_data
+from experiments import glue_metrics
+from experiments import masked_lm
+from experiments import trainer
+
+
+def tiny_glue_config(task, **overrides):
+  config = glue_config.get_config(f'task={task},variant=local,tiny')
+  config.update(overrides)
+  return config
+
+
+class EvalFnTest(absltest.TestCase):
+  def test_confusion_per_split_and_scattered_regression(self):
+    info = glue_data.task_info('mnli')
+
+    class Fixed:
+      def apply(self, params, state, rng, *, is_training, inputs, input_mask):
+        del params, rng, is_training, input_mask
+        return np.eye(3, dtype=np.float32)[inputs[:, 0] % 3], state
+
+    batch = {
+      'inputs': np.array([[0], [1], [2], [1]], np.int32),
+      'input_mask': np.ones((4, 1), np.int32),
+      'label': np.array([0, 2, 2, 1], np.int32),
+      'split': np.array([0, 0, 1, 1], np.int32),
+      'index': np.arange(4, dtype=np.int32),
+      'mask': np.array([1, 1, 1, 0], np.float32),
+    }
+    sums = jax.device_get(glue.make_eval_fn(Fixed(), info, 4)(None, {}, batch))
+    np.testing.assert_array_equal(
+      sums['confusion'][0], [[1, 0, 0], [0, 0, 0], [0, 1, 0]]
+    )
+    np.testing.assert_array_equal(
+      sums['confusion'][1], [[0, 0, 0], [0, 0, 0], [0, 0, 1]]
+    )
+    results = glue.make_eval_finalize('mnli', info)(sums)
+    self.assertEqual(results['matched/accuracy'], 0.5)
+    self.assertEqual(results['mismatched/accuracy'], 1.0)
+    self.assertEqual(results['score'], 0.75)
+
+    stsb = glue_data.task_info('stsb')
+
+    class Regress:
+      def apply(self, params, state, rng, *, is_training, inputs, input_mask):
+        return inputs.astype(np.float32), state
+
+    batch = dict(batch, label=np.array([0.5, 1.0, 2.0, 9.0], np.float32))
+    sums = jax.device_get(
+      glue.make_eval_fn(Regress(), stsb, 5)(None, {}, batch)
+    )
+    np.testing.assert_array_equal(sums['predictions'], [0, 1, 2, 0, 0])
+    np.testing.assert_array_equal(sums['labels'], [0.5, 1.0, 2.0, 0, 0])
+
+
+class EndToEndTest(parameterized.TestCase):
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    # A tiny pretrained masked LM to start from.
+    cls.mlm_dir = absltest.get_default_test_tmpdir() + '/glue_test_mlm'
+    text_dir = absltest.get_default_test_tmpdir() + '/glue_test_text'
+    os.makedirs(text_dir, exist_ok=True)
+    with open(os.path.join(text_dir, 'a.txt'), 'w', encoding='utf-8') as f:
+      f.write('a small text to pretrain on. ' * 50)
+    config = masked_lm_config.get_config('local,tiny')
+    config.data.source = 'files'
+    config.data.files = os.path.join(text_dir, 'a.txt')
+    if not os.path.isdir(cls.mlm_dir):
+      trainer.train_and_evaluate(
+        config, cls.mlm_dir, masked_lm.build_task(config)
+      )
+
+  @parameterized.parameters('cola', 'stsb', 'mnli')
+  def test_finetunes_from_our_mlm(self, task):
+    config = tiny_glue_config(task, init_from=self.mlm_dir)
+    workdir = self.create_tempdir().full_path
+    with tfds.testing.mock_data(num_examples=12):
+      final = glue.train_task(config, workdir)
+    self.assertEqual(final['step'], 3)  # ceil(1 epoch * 12 / 4).
+    expected = {
+      'cola': {'matthews_corr', 'accuracy'},
+      'stsb': {'pearson', 'spearman'},
+      'mnli': {'matched/accuracy', 'mismatched/accuracy'},
+    }[task]
+    for key in expected | {'score', 'loss'}:
+      self.assertIn(f'eval/{key}', final)
+      self.assertTrue(np.isfinite(final[f'eval/{key}']), key)
+    count = 24 if task == 'mnli' else 12
+    self.assertEqual(final['eval/count'], count)
+    # The encoder started from the MLM checkpoint.
+    self.assertTrue(os.path.isfile(os.path.join(workdir, glue.INIT_FILE)))
+
+  def test_summary_over_tasks(self):
+    config = tiny_glue_config('rte', init_from=self.mlm_dir)
+    workdir = self.create_tempdir().full_path
+    with tfds.testing.mock_data(num_examples=8):
+      summary = glue.run_tasks(config, workdir, ['rte', 'sst2'], grid=False)
+    self.assertEqual(set(summary['tasks']), {'rte', 'sst2'})
+    scores = {t: r['score'] / 100 for t, r in summary['tasks'].items()}
+    self.assertAlmostEqual(
+      summary['glue_average'],
+      100 * glue_metrics.glue_average(scores)['average'],
+    )
+    self.assertFalse(summary['complete'])
+    with open(os.path.join(workdir, glue.SUMMARY_FILE), encoding='utf-8') as f:
+      self.assertEqual(json.load(f)['glue_average'], summary['glue_average'])
+    self.assertIn('GLUE average', glue.format_summary(summary))
+
+  def test_bad_init_from(self):
+    config = tiny_glue_config('rte', init_from='/nonexistent/model.pickle')
+    with (
+      tfds.testing.mock_data(num_examples=8),
+      self.assertRaises(FileNotFoundError),
+    ):
+      glue.train_task(config, self.create_tempdir().full_path)
+
+
+class TasksTest(absltest.TestCase):
+  def test_parse_tasks(self):
+    self.assertEqual(glue.parse_tasks('rte, cola'), ['rte', 'cola'])
+    self.assertLen(glue.parse_tasks('all'), 9)
+    with self.assertRaisesRegex(ValueError, 'Unknown GLUE task'):
+      glue.parse_tasks('rte,squad')
+
+  def test_grid(self):
+    config = glue_config.get_config('rte')
+    self.assertLen(glue.grid_points(config), 12)
+
+
+if __name__ == '__main__':
+  absltest.main()
