@@ -42,7 +42,8 @@ flags.DEFINE_list(
   'impls',
   ['ours', 'straightforward', 'pytorch'],
   'Implementations to measure; with --interleave also '
-  "'ours:<attention_impl>', e.g. ours:einsum,ours:chunked.",
+  "'ours:<attention_impl>[:<compute_dtype>]', e.g. ours:einsum,ours:chunked "
+  'or ours:auto:bfloat16.',
 )
 flags.DEFINE_list('modes', ['forward', 'train'], 'forward and/or train.')
 flags.DEFINE_string('attention_impl', 'auto', "Ours: attend's implementation.")

@@ -144,12 +144,16 @@ def run_interleaved(spec):
   for mode in spec['modes']:
     calls = {}
     for impl in spec['impls']:
-      # 'ours:chunked' is ours with another attention implementation.
-      base_impl, _, attention_impl = impl.partition(':')
+      # 'ours:chunked' is ours with another attention implementation,
+      # 'ours:auto:bfloat16' also with another compute dtype.
+      base_impl, attention_impl, compute_dtype = (impl.split(':') + ['', ''])[
+        :3
+      ]
       impl_spec = dict(
         spec,
         impl=base_impl,
-        attention_impl=(attention_impl or spec['attention_impl']),
+        attention_impl=attention_impl or spec['attention_impl'],
+        compute_dtype=compute_dtype or spec.get('compute_dtype'),
       )
       if impl == 'pytorch':
         bench = torch_models.TorchBench(spec['arch'], spec['batch_size'])

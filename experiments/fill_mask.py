@@ -1,7 +1,7 @@
 r"""Fill in masked bytes of text with a byte-level masked language model.
 
   python -m experiments.fill_mask --checkpoint=runs/mlm \
-    --text='The "if" statement is used for conditional[[ execution]]:'
+    --text='The "if" statement is used for conditional [[execution]]:'
 
   python -m experiments.fill_mask \
     --checkpoint=language_perceiver_io_bytes.pickle \

@@ -385,12 +385,13 @@ def main(argv):
   del argv
   flags_ = flags.FLAGS
   config = flags_.config
+  workdir = os.path.abspath(flags_.workdir)  # orbax wants absolute paths.
   if not flags_.tasks and not flags_.grid:
-    config = prepare_init(config, flags_.workdir)
-    trainer.run_main(config, flags_.workdir, build_task)
+    config = prepare_init(config, workdir)
+    trainer.run_main(config, workdir, build_task)
     return
   tasks = parse_tasks(flags_.tasks or config.task)
-  summary = run_tasks(config, flags_.workdir, tasks, flags_.grid)
+  summary = run_tasks(config, workdir, tasks, flags_.grid)
   print(format_summary(summary), flush=True)
 
 

@@ -1,40 +1,46 @@
-"""Attention layers: multi-head attention, MLP, self- and cross-attention.
+"""Attention modules: self- and cross-attention under DeepMind's names.
 
-Shape letters: B batch, N queries, M keys/values, C channels, H heads,
-L layers.
+Shape letters: B batch, N queries, M keys/values, C channels, H heads.
 
 Parameter names match DeepMind's released checkpoints: an `attention` scope
 holding `linear` (q), `linear_1` (k), `linear_2` (v) and `linear_3` (output),
-`layer_norm*` scopes, and an `mlp` with `linear` and `linear_1`.
-
-Each layer is a pure function of a weights tuple (`SelfAttentionWeights`,
-`CrossAttentionWeights`) and a static `LayerSpec`, so that the encoder can
-stack the weights of its layers and loop over them with `lax.scan`. The
-modules only create the parameters under the released names and call these
-functions.
-
-Precision: parameters are float32. `compute_dtype='bfloat16'` runs the
-matrix products in bf16, while LayerNorm, softmax and the residual stream stay
-float32.
+`layer_norm*` scopes, and an `mlp` with `linear` and `linear_1`. The modules
+create these parameters and call the pure layer functions of `layers.py`;
+`compute_dtype_scope` and the weights tuples are re-exported from there.
 """
 
-import contextlib
-import dataclasses
-from typing import NamedTuple
-
 import haiku as hk
-import jax
 import jax.numpy as jnp
-from jax import lax
 
 from perceiver_io import attend as attend_lib
-from perceiver_io.layer_norm import layer_norm
+from perceiver_io.layers import COMPUTE_DTYPES
+from perceiver_io.layers import CrossAttentionWeights
+from perceiver_io.layers import LayerSpec
+from perceiver_io.layers import SelfAttentionWeights
+from perceiver_io.layers import check_compute_dtype
+from perceiver_io.layers import compute_dtype_scope
+from perceiver_io.layers import cross_attention
+from perceiver_io.layers import self_attention
+
+__all__ = (
+  'COMPUTE_DTYPES',
+  'CrossAttention',
+  'CrossAttentionWeights',
+  'LayerSpec',
+  'SelfAttention',
+  'SelfAttentionParams',
+  'SelfAttentionWeights',
+  'compute_dtype_scope',
+  'cross_attention',
+  'cross_attention_weights',
+  'self_attention',
+  'self_attention_weights',
+)
 
 SHAPES_FOR_ATTN = ('kv', 'q')
 # A cross-attention to more queries than this (e.g. the optical-flow decoder's
 # 182,528) runs over chunks of this many queries; see `_over_query_chunks`.
 DEFAULT_QUERY_CHUNK_SIZE = 8192
-COMPUTE_DTYPES = (None, 'float32', 'bfloat16', 'float16')
 
 
 def _check_rank3(name, x):
@@ -48,34 +54,6 @@ def _check_divides(what, channels, num_heads):
       f'{what} ({channels}) must be divisible by the number of heads '
       f'({num_heads}).'
     )
-
-
-def check_compute_dtype(compute_dtype):
-  if compute_dtype not in COMPUTE_DTYPES:
-    raise ValueError(
-      f'Unknown compute_dtype {compute_dtype!r}; expected one of '
-      f'{COMPUTE_DTYPES}.'
-    )
-
-
-_default_compute_dtype = [None]
-
-
-@contextlib.contextmanager
-def compute_dtype_scope(compute_dtype):
-  """Sets the compute dtype of layers built without one, while tracing.
-
-  `with compute_dtype_scope('bfloat16'): jax.jit(model.apply).lower(...)`
-  runs every attention layer's matrix products in bf16, including the
-  decoders', whose configs have no `compute_dtype` key. It acts while a
-  function is traced: a function that jit has already traced keeps its dtype.
-  """
-  check_compute_dtype(compute_dtype)
-  _default_compute_dtype.append(compute_dtype)
-  try:
-    yield
-  finally:
-    _default_compute_dtype.pop()
 
 
 # --- Parameters under DeepMind's names ----------------------------------------
@@ -104,50 +82,6 @@ def layer_norm_params(name, channels):
     scale = hk.get_parameter('scale', [channels], jnp.float32, init=jnp.ones)
     offset = hk.get_parameter('offset', [channels], jnp.float32, init=jnp.zeros)
   return scale, offset
-
-
-class SelfAttentionWeights(NamedTuple):
-  """One self-attention layer's weights."""
-
-  ln_scale: jax.Array  # [C]
-  ln_offset: jax.Array  # [C]
-  q_w: jax.Array  # [C, qk]
-  q_b: jax.Array  # [qk]
-  k_w: jax.Array  # [C, qk]
-  k_b: jax.Array  # [qk]
-  v_w: jax.Array  # [C, v]
-  v_b: jax.Array  # [v]
-  out_w: jax.Array  # [v, C]
-  out_b: jax.Array  # [C]
-  mlp_ln_scale: jax.Array  # [C]
-  mlp_ln_offset: jax.Array  # [C]
-  mlp_w1: jax.Array  # [C, wC]
-  mlp_b1: jax.Array  # [wC]
-  mlp_w2: jax.Array  # [wC, C]
-  mlp_b2: jax.Array  # [C]
-
-
-class CrossAttentionWeights(NamedTuple):
-  """One cross-attention layer's weights."""
-
-  q_ln_scale: jax.Array  # [Cq]
-  q_ln_offset: jax.Array  # [Cq]
-  kv_ln_scale: jax.Array  # [Ckv]
-  kv_ln_offset: jax.Array  # [Ckv]
-  q_w: jax.Array  # [Cq, qk]
-  q_b: jax.Array  # [qk]
-  k_w: jax.Array  # [Ckv, qk]
-  k_b: jax.Array  # [qk]
-  v_w: jax.Array  # [Ckv, v]
-  v_b: jax.Array  # [v]
-  out_w: jax.Array  # [v, Cq]
-  out_b: jax.Array  # [Cq]
-  mlp_ln_scale: jax.Array  # [Cq]
-  mlp_ln_offset: jax.Array  # [Cq]
-  mlp_w1: jax.Array  # [Cq, wCq]
-  mlp_b1: jax.Array  # [wCq]
-  mlp_w2: jax.Array  # [wCq, Cq]
-  mlp_b2: jax.Array  # [Cq]
 
 
 def _attention_params(
@@ -234,185 +168,6 @@ def cross_attention_weights(
   mlp_ln = layer_norm_params('layer_norm_2', q_channels)
   mlp = _mlp_params(q_channels, widening_factor, dense_init_scale)
   return CrossAttentionWeights(*q_ln, *kv_ln, *q, *k, *v, *out, *mlp_ln, *mlp)
-
-
-# --- Pure layer functions -----------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerSpec:
-  """The static settings of one attention layer."""
-
-  num_heads: int
-  qk_channels: int
-  v_channels: int
-  dropout_prob: float = 0.0
-  dropout_attn_prob: float = 0.0
-  use_query_residual: bool = True
-  attention_impl: str = 'einsum'
-  compute_dtype: str | None = None
-  # Cross-attention to more queries than this runs in chunks of this many
-  # queries (without dropout): see `_over_query_chunks`.
-  query_chunk_size: int | None = None
-
-  @property
-  def dtype(self):
-    return jnp.dtype(
-      self.compute_dtype or _default_compute_dtype[-1] or jnp.float32
-    )
-
-
-def _dense(x, w, b, dtype):
-  """x [..., Cin] @ w [Cin, Cout] + b, in `dtype`."""
-  out = jnp.dot(x.astype(dtype), w.astype(dtype))
-  return out if b is None else out + b.astype(dtype)
-
-
-def _dropout(rng, rate, x):
-  if rate <= 0.0:
-    return x
-  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
-
-
-def _rngs(rng, is_training, spec):
-  """Keys for attention dropout, the attention branch and the MLP."""
-  if not is_training or (
-    spec.dropout_prob <= 0.0 and spec.dropout_attn_prob <= 0.0
-  ):
-    return None, None, None
-  if rng is None:
-    raise ValueError('Dropout during training needs an rng.')
-  return tuple(jax.random.split(rng, 3))
-
-
-def _multihead(spec, q, k, v, q_mask, kv_mask, is_training, rng):
-  """[B, N, qk], [B, M, qk], [B, M, v] -> [B, N, v]."""
-  batch, num_q, _ = q.shape
-  num_kv = k.shape[1]
-  heads = spec.num_heads
-  q = jnp.reshape(q, (batch, num_q, heads, spec.qk_channels // heads))
-  k = jnp.reshape(k, (batch, num_kv, heads, spec.qk_channels // heads))
-  v = jnp.reshape(v, (batch, num_kv, heads, spec.v_channels // heads))
-  rate = spec.dropout_attn_prob if is_training else 0.0
-  return attend_lib.attend(
-    q,
-    k,
-    v,
-    q_mask=q_mask,
-    kv_mask=kv_mask,
-    dropout_prob=rate,
-    dropout_rng=rng if rate > 0.0 else None,
-    implementation=spec.attention_impl,
-  )  # [B, N, v]
-
-
-def _mlp(spec, w1, b1, w2, b2, x):
-  h = jax.nn.gelu(_dense(x, w1, b1, spec.dtype))
-  return _dense(h, w2, b2, spec.dtype)
-
-
-def self_attention(spec, w, x, *, is_training, mask=None, rng=None):
-  """One pre-LayerNorm transformer layer.
-
-  Args:
-    spec: the layer's static settings.
-    w: its `SelfAttentionWeights`.
-    x: [B, N, C] float32 inputs.
-    is_training: enables dropout.
-    mask: optional [B, N] mask of the queries and keys.
-    rng: PRNG key, needed for dropout during training.
-
-  Returns:
-    [B, N, C] float32.
-  """
-  rate = spec.dropout_prob if is_training else 0.0
-  attn_rng, branch_rng, mlp_rng = _rngs(rng, is_training, spec)
-  h = layer_norm(x, w.ln_scale, w.ln_offset)
-  q = _dense(h, w.q_w, w.q_b, spec.dtype)  # [B, N, qk]
-  k = _dense(h, w.k_w, w.k_b, spec.dtype)  # [B, N, qk]
-  v = _dense(h, w.v_w, w.v_b, spec.dtype)  # [B, N, v]
-  attn = _multihead(spec, q, k, v, mask, mask, is_training, attn_rng)
-  attn = _dense(attn, w.out_w, w.out_b, spec.dtype)  # [B, N, C]
-  x = x + _dropout(branch_rng, rate, attn).astype(x.dtype)
-  h = layer_norm(x, w.mlp_ln_scale, w.mlp_ln_offset)
-  h = _mlp(spec, w.mlp_w1, w.mlp_b1, w.mlp_w2, w.mlp_b2, h)
-  return x + _dropout(mlp_rng, rate, h).astype(x.dtype)
-
-
-def cross_attention(
-  spec, w, x_q, x_kv, *, is_training, q_mask=None, kv_mask=None, rng=None
-):
-  """One pre-LayerNorm cross-attention layer; the output has x_q's width.
-
-  Args:
-    spec: the layer's static settings.
-    w: its `CrossAttentionWeights`.
-    x_q: [B, N, Cq] queries.
-    x_kv: [B, M, Ckv] keys and values.
-    is_training: enables dropout.
-    q_mask: optional [B, N].
-    kv_mask: optional [B, M].
-    rng: PRNG key, needed for dropout during training.
-
-  Returns:
-    [B, N, Cq] float32.
-  """
-  rate = spec.dropout_prob if is_training else 0.0
-  attn_rng, branch_rng, mlp_rng = _rngs(rng, is_training, spec)
-  h_kv = layer_norm(x_kv, w.kv_ln_scale, w.kv_ln_offset)
-  k = _dense(h_kv, w.k_w, w.k_b, spec.dtype)  # [B, M, qk]
-  v = _dense(h_kv, w.v_w, w.v_b, spec.dtype)  # [B, M, v]
-
-  def queries_fn(x_q, q_mask):
-    """Everything that follows for [B, n, Cq] queries: per query."""
-    h_q = layer_norm(x_q, w.q_ln_scale, w.q_ln_offset)
-    q = _dense(h_q, w.q_w, w.q_b, spec.dtype)  # [B, n, qk]
-    attn = _multihead(spec, q, k, v, q_mask, kv_mask, is_training, attn_rng)
-    attn = _dense(attn, w.out_w, w.out_b, spec.dtype)  # [B, n, Cq]
-    attn = _dropout(branch_rng, rate, attn).astype(jnp.float32)
-    x = x_q.astype(jnp.float32) + attn if spec.use_query_residual else attn
-    h = layer_norm(x, w.mlp_ln_scale, w.mlp_ln_offset)
-    h = _mlp(spec, w.mlp_w1, w.mlp_b1, w.mlp_w2, w.mlp_b2, h)
-    return x + _dropout(mlp_rng, rate, h).astype(x.dtype)
-
-  chunk = spec.query_chunk_size
-  if chunk and x_q.shape[1] > chunk and rng is None:
-    return _over_query_chunks(queries_fn, x_q, q_mask, chunk)
-  return queries_fn(x_q, q_mask)
-
-
-def _over_query_chunks(queries_fn, x_q, q_mask, chunk):
-  """queries_fn over [B, chunk, Cq] slices of x_q, writing one output.
-
-  Each query's result depends on that query alone, so the output equals
-  `queries_fn(x_q, q_mask)`, while the per-query intermediates (normalised
-  queries, projections, attention outputs, MLP activations) exist for one
-  chunk at a time.
-  """
-  batch, num_q, channels = x_q.shape
-  num_full = num_q // chunk
-  out = jnp.zeros((batch, num_q, channels), jnp.float32)
-
-  def apply(out, start, size):
-    x = lax.dynamic_slice_in_dim(x_q, start, size, axis=1)
-    mask = (
-      None
-      if q_mask is None
-      else lax.dynamic_slice_in_dim(q_mask, start, size, axis=1)
-    )
-    return lax.dynamic_update_slice_in_dim(
-      out, queries_fn(x, mask), start, axis=1
-    )
-
-  out, _ = lax.scan(
-    lambda out, i: (apply(out, i * chunk, chunk), None),
-    out,
-    jnp.arange(num_full),
-  )
-  if num_q > num_full * chunk:
-    out = apply(out, num_full * chunk, num_q - num_full * chunk)
-  return out
 
 
 # --- Modules ------------------------------------------------------------------

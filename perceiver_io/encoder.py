@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from perceiver_io import attention
+from perceiver_io import layers
 from perceiver_io import position_encoding
 
 
@@ -180,7 +181,7 @@ class PerceiverEncoder(hk.Module):
 
     def layer_fn(z, w, index):
       layer_rng = None if rng is None else jax.random.fold_in(rng, index)
-      return attention.self_attention(
+      return layers.self_attention(
         spec, w, z, is_training=is_training, rng=layer_rng
       )
 

@@ -72,7 +72,11 @@ class InitTest(parameterized.TestCase):
       jax.tree.map(jnp.shape, plain), jax.tree.map(jnp.shape, params)
     )
     embed = params[masked_lm.EMBED]['embeddings']
-    self.assertAlmostEqual(float(jnp.std(embed)), 0.02 * 0.88, delta=0.004)
+    init = config.model_init
+    # A normal truncated at 2 std has 0.88 of the std.
+    self.assertAlmostEqual(
+      float(jnp.std(embed)), init.embed_init_scale * 0.88, delta=0.02
+    )
     self.assertGreater(
       float(jnp.std(plain[masked_lm.EMBED]['embeddings'])), 0.5
     )
@@ -80,7 +84,8 @@ class InitTest(parameterized.TestCase):
     for name in (masked_lm.INPUT_POSITIONS, masked_lm.QUERY_POSITIONS):
       np.testing.assert_allclose(
         params[name]['pos_embs'],
-        0.02 * masked_lm.fourier_table(np.arange(32), 32, 16, heads),
+        init.position_init_scale
+        * masked_lm.fourier_table(np.arange(32), 32, 16, heads),
         rtol=1e-5,
       )
 
@@ -148,6 +153,32 @@ class LossTest(absltest.TestCase):
     )
     self.assertAlmostEqual(float(metrics['masked_accuracy']), 0.5)
     self.assertEqual(float(metrics['masked_bytes']), 2.0)
+
+  def test_visible_bytes_loss_is_added_with_its_weight(self):
+    class Fixed:
+      def apply(self, params, state, rng, *, is_training, inputs, input_mask):
+        del params, rng, is_training, input_mask
+        logits = jnp.log(jnp.full((*inputs.shape, 4), 0.1))
+        return logits.at[:, :, 0].set(jnp.log(0.7)), state
+
+    batch = {
+      'inputs': np.zeros((1, 4), np.int32),
+      'input_mask': np.array([[1, 1, 1, 0]], np.int32),
+      'targets': np.array([[0, 1, 0, 0]], np.int32),
+      'weights': np.array([[0.0, 1.0, 0.0, 0.0]], np.float32),
+    }
+    plain, (metrics, _) = masked_lm.make_loss_fn(Fixed())(
+      None, {}, batch, None, True
+    )
+    both, (metrics, _) = masked_lm.make_loss_fn(Fixed(), 0.5)(
+      None, {}, batch, None, True
+    )
+    self.assertAlmostEqual(float(plain), -np.log(0.1), places=5)
+    # The visible real bytes are positions 0 and 2 (target 0: p = 0.7).
+    self.assertAlmostEqual(float(metrics['unmasked_loss']), -np.log(0.7), 5)
+    self.assertAlmostEqual(
+      float(both), -np.log(0.1) - 0.5 * np.log(0.7), places=5
+    )
 
   def test_no_masked_position_gives_zero(self):
     loss, metrics = masked_lm.masked_lm_loss(
