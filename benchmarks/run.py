@@ -26,6 +26,8 @@ import time
 from absl import app
 from absl import flags
 
+from experiments import host_memory
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
   'arch',
@@ -62,6 +64,13 @@ flags.DEFINE_bool(
 flags.DEFINE_string('out', None, 'Append JSON lines here.')
 flags.DEFINE_string('worker', None, 'Internal: run one spec (JSON).')
 flags.DEFINE_integer('timeout', 3600, 'Seconds per worker.')
+flags.DEFINE_bool(
+  'keep_freed_memory',
+  False,
+  'Workers keep freed host memory (experiments.host_memory), as the '
+  'experiments do; applies to every implementation alike. Off by default: '
+  'it made the big models slower here (see README).',
+)
 
 
 # (compute dtype, attention implementation) pairs that --device measures.
@@ -93,6 +102,7 @@ def _specs():
     repeats=FLAGS.repeats,
     image_size=[int(x) for x in FLAGS.image_size or []],
     overrides=dict(_parse_override(o) for o in FLAGS.override),
+    keep_freed_memory=FLAGS.keep_freed_memory,
   )
   if FLAGS.interleave:
     return [
@@ -260,6 +270,8 @@ def main(argv):
     from benchmarks import worker
 
     spec = json.loads(FLAGS.worker)
+    if spec.get('keep_freed_memory'):
+      host_memory.keep_freed_memory()
     run = worker.run_interleaved if spec.get('impls') else worker.run
     for result in run(spec):
       print('RESULT ' + json.dumps(result), flush=True)

@@ -38,10 +38,10 @@ from experiments import checkpointing
 from experiments import glue_data
 from experiments import glue_metrics
 from experiments import glue_model
+from experiments import host_memory
 from experiments import metrics_writer
 from experiments import trainer
 
-INIT_FILE = 'init_params.npz'
 SUMMARY_FILE = 'summary.json'
 MNLI_SPLIT_NAMES = ('matched', 'mismatched')
 
@@ -204,6 +204,7 @@ def build_task(config: ml_collections.ConfigDict) -> trainer.Task:
     eval_fn=make_eval_fn(model, info, num_eval),
     eval_finalize=make_eval_finalize(task, info),
     num_train_examples=len(train),
+    load_init_params=make_init_loader(config, model),
   )
 
 
@@ -224,42 +225,32 @@ def load_pretrained_params(path: str):
   return pretrained.load_params(path)
 
 
-def prepare_init(
-  config: ml_collections.ConfigDict, workdir: str
-) -> ml_collections.ConfigDict:
-  """Points `init_from` at a full classifier tree built from the MLM.
+def make_init_loader(config: ml_collections.ConfigDict, model) -> Callable:
+  """`load_init_params` for the trainer: a pretrained MLM in a fresh head.
 
-  The trainer loads `init_from` only into a tree of the same shape, so the
-  pretrained encoder is merged into a fresh classifier init once and saved
-  as `<workdir>/init_params.npz`. Nothing is done when the workdir already
-  has a checkpoint (the run resumes) or `init_from` is empty.
-
-  Returns:
-    The config to train with (a copy when changed).
+  The classifier is initialised from `config.seed` and its encoder-side
+  modules are replaced by the MLM's (our workdir or a released checkpoint).
+  Deterministic, so every process builds the same tree; nothing is written.
+  A checkpoint that already is a classifier of this shape (a fine-tuned
+  GLUE workdir, e.g. for `--config.mode=eval`) is loaded as it is.
   """
-  if not config.init_from or checkpointing.is_checkpoint_dir(workdir):
-    return config
-  from perceiver_io import pretrained
 
-  model = build_model(config)
-  fresh, state = glue_model.init_params(model, config.data.seq_len, config.seed)
-  source, _ = load_pretrained_params(config.init_from)
-  params = glue_model.transfer_pretrained(
-    fresh, source, source=config.init_from
-  )
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, INIT_FILE)
-  pretrained.save_params(path, params, state)
-  logging.info('Encoder from %s merged into %s.', config.init_from, path)
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    config.init_from = path
-  return config
+  def load_init_params(path):
+    fresh, state = glue_model.init_params(
+      model, config.data.seq_len, config.seed
+    )
+    source, source_state = load_pretrained_params(path)
+    if set(source) == set(fresh):
+      return source, source_state
+    params = glue_model.transfer_pretrained(fresh, source, source=path)
+    logging.info('Encoder initialised from %s.', path)
+    return params, state
+
+  return load_init_params
 
 
 def train_task(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Fine-tunes one task (resuming if `workdir` has a checkpoint)."""
-  config = prepare_init(config, workdir)
   return trainer.train_and_evaluate(config, workdir, build_task(config))
 
 
@@ -386,8 +377,8 @@ def main(argv):
   flags_ = flags.FLAGS
   config = flags_.config
   workdir = os.path.abspath(flags_.workdir)  # orbax wants absolute paths.
+  host_memory.keep_freed_memory()
   if not flags_.tasks and not flags_.grid:
-    config = prepare_init(config, workdir)
     trainer.run_main(config, workdir, build_task)
     return
   tasks = parse_tasks(flags_.tasks or config.task)

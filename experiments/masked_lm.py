@@ -252,7 +252,14 @@ def make_loss_fn(model, unmasked_weight: float = 0.0) -> Callable:
 
 
 def make_eval_fn(model) -> Callable:
-  """Per-batch sums over real examples: CE, correct and masked bytes."""
+  """Per-batch sums over real examples: CE, correct and masked bytes.
+
+  Batches hold two copies of the eval set: `scheme` 0 with every selected
+  word replaced by [MASK] (`masked_accuracy`, `loss`), and `scheme` 1 with
+  the training (BERT) replacement shares (`bert_masked_accuracy`: some
+  selected words stay unchanged and can be copied, as in BERT's usual MLM
+  accuracy).
+  """
 
   def eval_fn(params, state, batch):
     logits, _ = model.apply(
@@ -263,7 +270,10 @@ def make_eval_fn(model) -> Callable:
       inputs=batch['inputs'],
       input_mask=batch['input_mask'],
     )
+    scheme = batch['scheme'][:, None]
     weights = batch['weights'] * batch['mask'][:, None]
+    strict = weights * (1.0 - scheme)
+    bert = weights * scheme
     ce = optax.softmax_cross_entropy_with_integer_labels(
       logits.astype(jnp.float32), batch['targets']
     )
@@ -271,10 +281,12 @@ def make_eval_fn(model) -> Callable:
       jnp.float32
     )
     return {
-      'loss_sum': jnp.sum(ce * weights),
-      'correct': jnp.sum(correct * weights),
-      'masked_bytes': jnp.sum(weights),
-      'count': jnp.sum(batch['mask']),
+      'loss_sum': jnp.sum(ce * strict),
+      'correct': jnp.sum(correct * strict),
+      'masked_bytes': jnp.sum(strict),
+      'bert_correct': jnp.sum(correct * bert),
+      'bert_masked_bytes': jnp.sum(bert),
+      'count': jnp.sum(batch['mask'] * (1.0 - batch['scheme'])),
     }
 
   return eval_fn
@@ -282,12 +294,29 @@ def make_eval_fn(model) -> Callable:
 
 def eval_finalize(sums: dict[str, np.ndarray]) -> dict[str, float]:
   masked = max(float(sums['masked_bytes']), 1.0)
+  bert_masked = max(float(sums['bert_masked_bytes']), 1.0)
   return {
     'masked_accuracy': float(sums['correct']) / masked,
     'loss': float(sums['loss_sum']) / masked,
     'masked_bytes': float(sums['masked_bytes']),
+    'bert_masked_accuracy': float(sums['bert_correct']) / bert_masked,
     'count': float(sums['count']),
   }
+
+
+def eval_set(data: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """Both copies of the eval set (see `make_eval_fn`), with a `scheme` key."""
+  strict = mlm_data.eval_arrays(data, seed=data.eval_seed)
+  bert = mlm_data.eval_arrays(
+    data,
+    seed=data.eval_seed,
+    mask_token_prob=data.mask_token_prob,
+    random_token_prob=data.random_token_prob,
+  )
+  n = len(strict['inputs'])
+  arrays = {k: np.concatenate([strict[k], bert[k]]) for k in strict}
+  arrays['scheme'] = np.repeat(np.float32([0.0, 1.0]), n)
+  return arrays
 
 
 # --- Task ---
@@ -318,7 +347,7 @@ def build_task(config: ml_collections.ConfigDict) -> trainer.Task:
 
   def eval_batches():
     if 'eval' not in cache:  # Built once: the eval set is fixed.
-      cache['eval'] = mlm_data.eval_arrays(data, seed=data.eval_seed)
+      cache['eval'] = eval_set(data)
     return mlm_data.batch_arrays(
       cache['eval'], eval_batch_size, process_index, process_count
     )

@@ -546,14 +546,18 @@ def mask_texts(
 
 
 def eval_arrays(
-  data: ml_collections.ConfigDict, seed: int
+  data: ml_collections.ConfigDict,
+  seed: int,
+  mask_token_prob: float | None = None,
+  random_token_prob: float | None = None,
 ) -> dict[str, np.ndarray]:
   """The whole eval set, masked once with a fixed seed.
 
   Selected words are replaced as `data.eval_mask_token_prob` and
-  `data.eval_random_token_prob` say; by default all by [MASK], so that
-  `masked_accuracy` measures prediction from context alone (no unchanged
-  words to copy).
+  `data.eval_random_token_prob` say (or the two arguments, when given); by
+  default all by [MASK], so that `masked_accuracy` measures prediction from
+  context alone (no unchanged words to copy). The same seed selects the same
+  words whatever the replacement shares.
 
   In-memory sources: the held-out documents, joined and cut into
   consecutive windows of `seq_len` bytes. TFDS: the first
@@ -583,8 +587,14 @@ def eval_arrays(
     texts,
     data,
     seed,
-    mask_token_prob=data.eval_mask_token_prob,
-    random_token_prob=data.eval_random_token_prob,
+    mask_token_prob=(
+      data.eval_mask_token_prob if mask_token_prob is None else mask_token_prob
+    ),
+    random_token_prob=(
+      data.eval_random_token_prob
+      if random_token_prob is None
+      else random_token_prob
+    ),
   )
 
 

@@ -75,6 +75,7 @@ from absl import logging
 
 from experiments import checkpointing
 from experiments import config_utils
+from experiments import host_memory
 from experiments import metrics_writer
 from experiments import optimizers
 from experiments import parallel
@@ -128,10 +129,12 @@ class Task:
       `config.num_epochs` to steps. None if the task has no epochs.
     make_optimizer: optional `make_optimizer(config, num_train_steps) ->
       optax.GradientTransformation`; default `optimizers.build_optimizer`.
-    load_init_params: optional `load_init_params(path) -> (params, state)` for
-      `config.init_from` when it is not one of our checkpoint directories;
-      default `perceiver_io.pretrained.load_params`. The result must match
-      the model's parameter tree (checked, naming the first mismatch).
+    load_init_params: optional `load_init_params(path) -> (params, state)`
+      that loads `config.init_from`, whatever it is (e.g. a pretrained model
+      merged into a fresh init of another head). Default: our checkpoint
+      directories, else `perceiver_io.pretrained.load_params`. The result
+      must match the model's parameter tree (checked, naming the first
+      mismatch). Every process calls it and must get the same values.
     eval_name: prefix of eval metric keys in `metrics.jsonl` (default
       'eval', giving `eval/accuracy`).
   """
@@ -294,10 +297,10 @@ def _init_train_state(task, optimizer, rng):
 def _load_initial_params(config, task, abstract_state):
   """Loads `config.init_from` and checks it against the model's tree."""
   path = config.init_from
-  if checkpointing.is_checkpoint_dir(path):
-    params, state = checkpointing.load_params_and_state(path)
-  elif task.load_init_params is not None:
+  if task.load_init_params is not None:
     params, state = task.load_init_params(path)
+  elif checkpointing.is_checkpoint_dir(path):
+    params, state = checkpointing.load_params_and_state(path)
   else:
     from perceiver_io import pretrained
 
@@ -601,6 +604,7 @@ def run_main(
     else False
   )
   parallel.maybe_initialize_distributed(force=distributed)
+  host_memory.keep_freed_memory()
   quiet_library_logs()
   logging.info('Config:\n%s', config)
   final = train_and_evaluate(config, workdir, build_task(config))

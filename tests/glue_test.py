@@ -11,9 +11,11 @@ from absl.testing import parameterized
 
 from configs import glue as glue_config
 from configs import masked_lm as masked_lm_config
+from experiments import checkpointing
 from experiments import glue
 from experiments import glue_data
 from experiments import glue_metrics
+from experiments import glue_model
 from experiments import masked_lm
 from experiments import trainer
 
@@ -102,8 +104,34 @@ class EndToEndTest(parameterized.TestCase):
       self.assertTrue(np.isfinite(final[f'eval/{key}']), key)
     count = 24 if task == 'mnli' else 12
     self.assertEqual(final['eval/count'], count)
-    # The encoder started from the MLM checkpoint.
-    self.assertTrue(os.path.isfile(os.path.join(workdir, glue.INIT_FILE)))
+
+  def test_init_loader_takes_the_mlm_encoder_and_a_fresh_head(self):
+    config = tiny_glue_config('rte', init_from=self.mlm_dir)
+    task = glue.build_task(config)
+    params, _ = task.load_init_params(self.mlm_dir)
+    mlm, _ = checkpointing.load_params_and_state(self.mlm_dir)
+    fresh, _ = glue_model.init_params(
+      glue.build_model(config), config.data.seq_len, config.seed
+    )
+    encoder = [m for m in params if glue_model.is_pretrained_module(m)]
+    head = [m for m in params if not glue_model.is_pretrained_module(m)]
+    self.assertNotEmpty(encoder)
+    self.assertNotEmpty(head)
+    for module in encoder:
+      for name, value in params[module].items():
+        np.testing.assert_array_equal(value, mlm[module][name])
+    for module in head:
+      for name, value in params[module].items():
+        np.testing.assert_array_equal(value, fresh[module][name])
+    # A classifier checkpoint of the same shape loads unchanged, head too.
+    workdir = self.create_tempdir().full_path
+    with tfds.testing.mock_data(num_examples=8):
+      glue.train_task(config, workdir)
+    tuned, _ = checkpointing.load_params_and_state(workdir)
+    again, _ = task.load_init_params(workdir)
+    for module in head:
+      for name, value in again[module].items():
+        np.testing.assert_array_equal(value, tuned[module][name])
 
   def test_summary_over_tasks(self):
     config = tiny_glue_config('rte', init_from=self.mlm_dir)

@@ -187,17 +187,20 @@ class LossTest(absltest.TestCase):
     self.assertEqual(float(loss), 0.0)
     self.assertEqual(float(metrics['masked_accuracy']), 0.0)
 
-  def test_eval_ignores_padded_examples(self):
+  def test_eval_ignores_padded_examples_and_splits_schemes(self):
     config = masked_lm_config.get_config('local,tiny')
     model = masked_lm.build_model(config)
     rng = np.random.default_rng(0)
     batch = {
-      'inputs': rng.integers(6, 262, (2, 32)).astype(np.int32),
-      'input_mask': np.ones((2, 32), np.int32),
-      'targets': rng.integers(6, 262, (2, 32)).astype(np.int32),
-      'weights': np.ones((2, 32), np.float32),
-      'mask': np.array([1.0, 0.0], np.float32),
+      'inputs': rng.integers(6, 262, (3, 32)).astype(np.int32),
+      'input_mask': np.ones((3, 32), np.int32),
+      'targets': rng.integers(6, 262, (3, 32)).astype(np.int32),
+      'weights': np.ones((3, 32), np.float32),
+      'mask': np.array([1.0, 0.0, 1.0], np.float32),
+      'scheme': np.array([0.0, 0.0, 1.0], np.float32),
     }
+    # Example 2 (BERT scheme) shows its targets: a model can copy them.
+    batch['weights'][2, 16:] = 0.0
     params, state = model.init(
       jax.random.PRNGKey(0),
       inputs=batch['inputs'],
@@ -205,11 +208,34 @@ class LossTest(absltest.TestCase):
     )
     sums = masked_lm.make_eval_fn(model)(params, state, batch)
     self.assertEqual(float(sums['masked_bytes']), 32.0)
+    self.assertEqual(float(sums['bert_masked_bytes']), 16.0)
     self.assertEqual(float(sums['count']), 1.0)
     results = masked_lm.eval_finalize(jax.device_get(sums))
     self.assertAlmostEqual(
       results['loss'], float(sums['loss_sum']) / 32.0, places=5
     )
+    self.assertAlmostEqual(
+      results['bert_masked_accuracy'], float(sums['bert_correct']) / 16.0
+    )
+
+  def test_eval_set_has_both_schemes_on_the_same_words(self):
+    tmp = self.create_tempdir()
+    tmp.create_file('a.txt', content=TEXT * 20)
+    config = tiny_config(os.path.join(tmp.full_path, '*.txt'))
+    arrays = masked_lm.eval_set(config.data)
+    n = len(arrays['inputs']) // 2
+    np.testing.assert_array_equal(arrays['scheme'], [0.0] * n + [1.0] * n)
+    strict = {k: v[:n] for k, v in arrays.items()}
+    bert = {k: v[n:] for k, v in arrays.items()}
+    np.testing.assert_array_equal(strict['targets'], bert['targets'])
+    np.testing.assert_array_equal(strict['weights'], bert['weights'])
+    selected = strict['weights'] > 0
+    self.assertGreater(selected.sum(), 20)
+    # Strict: every selected byte is [MASK]; BERT: some are left unchanged.
+    self.assertTrue(np.all(strict['inputs'][selected] == 3))
+    unchanged = bert['inputs'][selected] == bert['targets'][selected]
+    self.assertTrue(np.any(unchanged))
+    self.assertLess(unchanged.mean(), 0.5)
 
   def test_sequence_longer_than_model(self):
     config = masked_lm_config.get_config('local,tiny')
