@@ -107,7 +107,8 @@ class EndToEndTest(parameterized.TestCase):
 
   def test_init_loader_takes_the_mlm_encoder_and_a_fresh_head(self):
     config = tiny_glue_config('rte', init_from=self.mlm_dir)
-    task = glue.build_task(config)
+    with tfds.testing.mock_data(num_examples=8):
+      task = glue.build_task(config)
     params, _ = task.load_init_params(self.mlm_dir)
     mlm, _ = checkpointing.load_params_and_state(self.mlm_dir)
     fresh, _ = glue_model.init_params(
