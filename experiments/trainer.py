@@ -229,7 +229,7 @@ def make_update_fn(
     params = optax.apply_updates(train_state.params, updates)
     metrics = dict(metrics)
     metrics['loss'] = loss
-    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['grad_norm'] = optax.tree.norm(grads)
     lr = optimizers.current_learning_rate(opt_state)
     if lr is not None:
       metrics['learning_rate'] = lr
