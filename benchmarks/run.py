@@ -69,7 +69,7 @@ flags.DEFINE_bool(
   False,
   'Workers keep freed host memory (experiments.host_memory), as the '
   'experiments do; applies to every implementation alike. Off by default: '
-  'it made the big models slower here (see README).',
+  'it did not speed up the big models here (experiments/host_memory.py).',
 )
 
 

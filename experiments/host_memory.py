@@ -9,12 +9,10 @@ time in the kernel. `keep_freed_memory()` tells glibc to serve every block
 from its heaps and never give memory back, so the pages of one step are
 reused by the next. On that run (2 CPU cores) it cut the page faults from
 11.9M to 2.0M in a 1000-step run and raised the speed from 22.8 to 28.9
-steps/s. It does not help the big models: the 201M-parameter training step
-took 3.73 s with it and 3.59 s without (one run each), and in the
-interleaved benchmarks, where one process runs three implementations, our
-training steps were slower with it (MLM 4.85 s, ImageNet 7.25 s) than in
-runs without it an hour earlier (3.95 s, 6.0 s). So the benchmarks leave it
-off unless asked (`--keep_freed_memory`).
+steps/s. It did not help the big models: the 201M-parameter training step
+took 3.73 s with it and 3.59 s without (one run each), and 4.97 s with it
+against 4.35-5.21 s without when interleaved with PyTorch. So the
+benchmarks leave it off unless asked (`--keep_freed_memory`).
 
 The price: the process's resident memory stays at its peak. Experiments call
 this once at start-up; set `PERCEIVER_IO_KEEP_FREED_MEMORY=0` to switch it
@@ -22,8 +20,8 @@ off. It does nothing on other C libraries (macOS, musl).
 """
 
 import ctypes
-import ctypes.util
 import os
+import platform
 
 from absl import logging
 
@@ -37,13 +35,9 @@ def keep_freed_memory() -> bool:
   """Stops glibc from returning freed memory to the kernel; True if done."""
   if os.environ.get(ENV_VAR, '1') == '0':
     return False
-  name = ctypes.util.find_library('c')
-  try:
-    libc = ctypes.CDLL(name)
-    mallopt = libc.mallopt
-    libc.gnu_get_libc_version  # Only glibc has both.  # noqa: B018
-  except (OSError, AttributeError, TypeError):
+  if platform.libc_ver()[0] != 'glibc':
     return False
+  mallopt = ctypes.CDLL(None).mallopt  # The C library of this process.
   mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
   mallopt.restype = ctypes.c_int
   # Never trim the heap top; serve large blocks from the heap, not mmap.

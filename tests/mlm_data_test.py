@@ -2,12 +2,12 @@
 
 import os
 
-import ml_collections
 import numpy as np
 import tensorflow as tf
 from absl.testing import absltest
 from absl.testing import parameterized
 
+from configs import masked_lm as masked_lm_config
 from experiments import mlm_data
 from perceiver_io import bytes_tokenizer
 
@@ -15,24 +15,14 @@ MULTIBYTE = 'Grüße aus Köln — naïve café, 東京 and emoji 🙂 end.\n'
 
 
 def make_data(**overrides):
-  data = ml_collections.ConfigDict(
+  """The experiment's data defaults at test sizes, then `overrides`."""
+  data = masked_lm_config.get_config('local').data
+  data.update(
     dict(
       source='files',
-      files='',
-      holdout_fraction=0.1,
       seq_len=32,
       docs_per_example=3,
-      document_separator='\n\n',
-      mask_prob=0.15,
-      mask_token_prob=0.8,
-      random_token_prob=0.1,
-      eval_mask_token_prob=1.0,
-      eval_random_token_prob=0.0,
       eval_seed=7,
-      tfds_names=(mlm_data.C4, mlm_data.WIKIPEDIA),
-      tfds_weights=(0.7, 0.3),
-      tfds_train_split='train',
-      tfds_eval_split='validation',
       shuffle_buffer=8,
       num_eval_examples=4,
     )
