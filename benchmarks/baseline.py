@@ -162,7 +162,9 @@ class CrossAttention(hk.Module):
     self._qk = qk_channels
     self._v = v_channels
 
-  def __call__(self, x_q, x_kv, *, is_training, q_mask=None, kv_mask=None):
+  def __call__(
+    self, x_q, x_kv, *, is_training, q_mask=None, kv_mask=None, output_fn=None
+  ):
     rate = self._dropout if is_training else 0.0
     if self._qk is not None:
       qk = self._qk
@@ -179,7 +181,9 @@ class CrossAttention(hk.Module):
     )(_layer_norm(x_q), _layer_norm(x_kv), q_mask=q_mask, kv_mask=kv_mask)
     attn = _dropout(rate, attn)
     x = x_q + attn if self._residual else attn
-    return x + _mlp(_layer_norm(x), self._widening, rate)
+    x = x + _mlp(_layer_norm(x), self._widening, rate)
+    # The decoder's final linear map, on the whole output.
+    return x if output_fn is None else output_fn(x)
 
 
 class PerceiverEncoder(hk.Module):

@@ -69,6 +69,13 @@ def _check_inputs(q, k, v, q_mask, kv_mask):
     )
 
 
+def _check_dropout(dropout_prob, dropout_rng):
+  if not 0.0 <= dropout_prob < 1.0:
+    raise ValueError(f'dropout_prob must be in [0, 1); got {dropout_prob}.')
+  if dropout_prob > 0.0 and dropout_rng is None:
+    raise ValueError('attend needs dropout_rng when dropout_prob > 0.')
+
+
 def _wipe_masked_rows(out, q_mask, kv_mask):
   """Zeros the outputs of queries that may attend to no key."""
   keep = None
@@ -235,10 +242,7 @@ def attend(
       without an rng, or dropout with 'dot_product'.
   """
   _check_inputs(q, k, v, q_mask, kv_mask)
-  if not 0.0 <= dropout_prob < 1.0:
-    raise ValueError(f'dropout_prob must be in [0, 1); got {dropout_prob}.')
-  if dropout_prob > 0.0 and dropout_rng is None:
-    raise ValueError('attend needs dropout_rng when dropout_prob > 0.')
+  _check_dropout(dropout_prob, dropout_rng)
   implementation = resolve_implementation(
     q,
     k,
@@ -268,6 +272,70 @@ def attend(
     q,
     k,
     v,
+    kv_mask=kv_mask,
+    dropout_prob=dropout_prob,
+    dropout_rng=dropout_rng,
+    q_chunk_size=q_chunk_size,
+    kv_chunk_size=kv_chunk_size,
+  )  # [B, N, H * Dv]
+  return _wipe_masked_rows(out, q_mask, kv_mask)
+
+
+def attend_projected(
+  q,
+  x_kv,
+  kv_params,
+  kv_project,
+  *,
+  q_mask=None,
+  kv_mask=None,
+  dropout_prob=0.0,
+  dropout_rng=None,
+  q_chunk_size=chunked_attend.DEFAULT_Q_CHUNK_SIZE,
+  kv_chunk_size=chunked_attend.DEFAULT_KV_CHUNK_SIZE,
+):
+  """The 'chunked' path, with keys and values projected block by block.
+
+  Equals `attend(q, *kv_project(kv_params, x_kv), implementation='chunked')`
+  without ever holding the keys and values of all M inputs; see
+  `chunked_attend.chunked_attend_projected`. Cross-attention layers use it
+  when the inputs are many (`layers.cross_attention`).
+
+  Args:
+    q: [B, N, H, D] queries.
+    x_kv: [B, M, C] inputs of the keys and values.
+    kv_params: a pytree of arrays that `kv_project` reads.
+    kv_project: (kv_params, [B, K, C]) -> (k [B, K, H, D], v [B, K, H, Dv]),
+      row by row.
+    q_mask: optional [B, N]; queries with 0 get a zero output.
+    kv_mask: optional [B, M]; keys with 0 are ignored.
+    dropout_prob: dropout rate on the attention weights.
+    dropout_rng: PRNG key, required when `dropout_prob > 0`.
+    q_chunk_size: queries per block.
+    kv_chunk_size: keys per block.
+
+  Returns:
+    [B, N, H * Dv] attended values.
+  """
+  if x_kv.ndim != 3 or x_kv.shape[0] != q.shape[0]:
+    raise ValueError(
+      f'x_kv must have shape [B, M, C] with the batch of q {q.shape}; got '
+      f'{x_kv.shape}.'
+    )
+  if q_mask is not None and q_mask.shape != q.shape[:2]:
+    raise ValueError(
+      f'q_mask must have shape {q.shape[:2]}; got {q_mask.shape}.'
+    )
+  if kv_mask is not None and kv_mask.shape != x_kv.shape[:2]:
+    raise ValueError(
+      f'kv_mask must have shape {x_kv.shape[:2]}; got {kv_mask.shape}.'
+    )
+  _check_dropout(dropout_prob, dropout_rng)
+  out = chunked_attend.chunked_attend_projected(
+    q,
+    x_kv,
+    kv_params,
+    kv_project,
     kv_mask=kv_mask,
     dropout_prob=dropout_prob,
     dropout_rng=dropout_rng,

@@ -359,7 +359,14 @@ class CrossAttention(hk.Module):
     )
 
   def __call__(
-    self, inputs_q, inputs_kv, *, is_training, q_mask=None, kv_mask=None
+    self,
+    inputs_q,
+    inputs_kv,
+    *,
+    is_training,
+    q_mask=None,
+    kv_mask=None,
+    output_fn=None,
   ):
     """Cross-attends.
 
@@ -369,9 +376,12 @@ class CrossAttention(hk.Module):
       is_training: enables dropout.
       q_mask: optional [B, N].
       kv_mask: optional [B, M].
+      output_fn: optional pure function of each query's output,
+        [B, n, Cq] -> [B, n, Co], run inside the query chunks (see
+        `layers.cross_attention`). It must not create Haiku parameters.
 
     Returns:
-      [B, N, Cq].
+      [B, N, Cq], or [B, N, Co] with `output_fn`.
     """
     _check_rank3('inputs_q', inputs_q)
     _check_rank3('inputs_kv', inputs_kv)
@@ -394,4 +404,5 @@ class CrossAttention(hk.Module):
       q_mask=q_mask,
       kv_mask=kv_mask,
       rng=rng,
+      output_fn=output_fn,
     )

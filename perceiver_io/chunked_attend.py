@@ -116,6 +116,9 @@ class _Config:
   scale: float
   dropout_prob: float
   masked: bool  # Whether any key is masked or padded.
+  # Of the projected path's values (the other path reads them from v).
+  value_dim: int = 0
+  value_dtype: str = 'float32'
 
 
 def _slice(x, start, size, axis=2):
@@ -144,56 +147,132 @@ def _block_dropout(cfg, seeds, q_start, k_start, shape):
   )
 
 
-# --- Forward ------------------------------------------------------------------
+# --- One block -----------------------------------------------------------------
+
+
+def _online_update(
+  cfg, seeds, stats, q_block, k_block, v_block, valid_block, q_start, k_start
+):
+  """Folds one [Q, K] block into the running (max, sum, weighted sum)."""
+  m, denom, acc = stats
+  s = _block_logits(cfg, q_block, k_block, valid_block)
+  m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+  p = jnp.exp(s - m_new[..., None])  # [B, H, Q, K]
+  correction = jnp.exp(m - m_new)
+  denom = denom * correction + jnp.sum(p, axis=-1)
+  if cfg.dropout_prob > 0.0:
+    p = p * _block_dropout(cfg, seeds, q_start, k_start, p.shape)
+  pv = jnp.einsum(
+    'bhqk,bhkd->bhqd',
+    p.astype(v_block.dtype),
+    v_block,
+    preferred_element_type=jnp.float32,
+  )
+  return m_new, denom, acc * correction[..., None] + pv
+
+
+def _init_stats(batch, heads, num_q, value_dim):
+  return (
+    jnp.full((batch, heads, num_q), -jnp.inf, jnp.float32),
+    jnp.zeros((batch, heads, num_q), jnp.float32),
+    jnp.zeros((batch, heads, num_q, value_dim), jnp.float32),
+  )
+
+
+def _finish(stats, dtype):
+  """(out [B, H, Q, Dv] in dtype, float32 lse [B, H, Q]) from the stats."""
+  m, denom, acc = stats
+  return (acc / denom[..., None]).astype(dtype), m + jnp.log(denom)
+
+
+def _block_grads(cfg, seeds, blocks, q_start, k_start):
+  """float32 (dq, dk, dv) of one [Q, K] block, recomputing its weights.
+
+  `blocks` holds this block's q [B, H, Q, D], k [B, H, K, D],
+  v [B, H, K, Dv], key validity [B, K], output gradient [B, H, Q, Dv],
+  log-sum-exp [B, H, Q] and delta = rowsum(dO * O) [B, H, Q].
+  """
+  q_block, k_block, v_block, valid_block, do_block, lse_block, delta_block = (
+    blocks
+  )
+  s = _block_logits(cfg, q_block, k_block, valid_block)
+  p = jnp.exp(s - lse_block[..., None])  # [B, H, Q, K]
+  dp = jnp.einsum(
+    'bhqd,bhkd->bhqk', do_block, v_block, preferred_element_type=jnp.float32
+  )
+  p_dropped = p
+  if cfg.dropout_prob > 0.0:
+    multiplier = _block_dropout(cfg, seeds, q_start, k_start, p.shape)
+    p_dropped = p * multiplier
+    dp = dp * multiplier
+  dv = jnp.einsum(
+    'bhqk,bhqd->bhkd',
+    p_dropped.astype(v_block.dtype),
+    do_block,
+    preferred_element_type=jnp.float32,
+  )
+  ds = p * (dp - delta_block[..., None]) * jnp.float32(cfg.scale)
+  ds = ds.astype(q_block.dtype)
+  dq = jnp.einsum(
+    'bhqk,bhkd->bhqd', ds, k_block, preferred_element_type=jnp.float32
+  )
+  dk = jnp.einsum(
+    'bhqk,bhqd->bhkd', ds, q_block, preferred_element_type=jnp.float32
+  )
+  return dq, dk, dv
+
+
+def _delta(d_out, out):
+  """rowsum(dO * O) [B, H, N], also right with dropout."""
+  return jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+
+
+def _add_at(x, update, start):
+  """x with `update` added to its block at `start` along axis 2."""
+  size = update.shape[2]
+  return lax.dynamic_update_slice_in_dim(
+    x, _slice(x, start, size) + update, start, axis=2
+  )
+
+
+def _merge_blocks(x, batch, heads):
+  """[n, B, H, Q, ...] stacked blocks -> [B, H, n * Q, ...]."""
+  x = jnp.moveaxis(x, 0, 2)
+  return x.reshape(batch, heads, -1, *x.shape[4:])
+
+
+# --- Keys and values given ----------------------------------------------------
 
 
 def _forward(cfg, q, k, v, valid, seeds):
   """Returns out [B, H, Np, Dv] (v's dtype) and float32 lse [B, H, Np]."""
   batch, heads, _, _ = q.shape
-  value_dim = v.shape[-1]
 
   def q_step(_, qi):
     q_start = qi * cfg.q_block
     q_block = _slice(q, q_start, cfg.q_block)  # [B, H, Q, D]
 
-    def kv_step(carry, kj):
-      m, denom, acc = carry
+    def kv_step(stats, kj):
       k_start = kj * cfg.kv_block
-      s = _block_logits(
+      stats = _online_update(
         cfg,
+        seeds,
+        stats,
         q_block,
         _slice(k, k_start, cfg.kv_block),
-        _slice(valid, k_start, cfg.kv_block, axis=1),
-      )
-      m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-      p = jnp.exp(s - m_new[..., None])  # [B, H, Q, K]
-      correction = jnp.exp(m - m_new)
-      denom = denom * correction + jnp.sum(p, axis=-1)
-      if cfg.dropout_prob > 0.0:
-        p = p * _block_dropout(cfg, seeds, q_start, k_start, p.shape)
-      pv = jnp.einsum(
-        'bhqk,bhkd->bhqd',
-        p.astype(v.dtype),
         _slice(v, k_start, cfg.kv_block),
-        preferred_element_type=jnp.float32,
+        _slice(valid, k_start, cfg.kv_block, axis=1),
+        q_start,
+        k_start,
       )
-      acc = acc * correction[..., None] + pv
-      return (m_new, denom, acc), None
+      return stats, None
 
-    init = (
-      jnp.full((batch, heads, cfg.q_block), -jnp.inf, jnp.float32),
-      jnp.zeros((batch, heads, cfg.q_block), jnp.float32),
-      jnp.zeros((batch, heads, cfg.q_block, value_dim), jnp.float32),
-    )
-    (m, denom, acc), _ = lax.scan(kv_step, init, jnp.arange(cfg.num_kv_blocks))
-    out = (acc / denom[..., None]).astype(v.dtype)
-    return None, (out, m + jnp.log(denom))
+    init = _init_stats(batch, heads, cfg.q_block, v.shape[-1])
+    stats, _ = lax.scan(kv_step, init, jnp.arange(cfg.num_kv_blocks))
+    return None, _finish(stats, v.dtype)
 
   _, (out, lse) = lax.scan(q_step, None, jnp.arange(cfg.num_q_blocks))
-  # [nQ, B, H, Q, Dv] -> [B, H, Np, Dv]
-  out = jnp.moveaxis(out, 0, 2).reshape(batch, heads, -1, value_dim)
-  lse = jnp.moveaxis(lse, 0, 2).reshape(batch, heads, -1)
-  return out, lse
+  return _merge_blocks(out, batch, heads), _merge_blocks(lse, batch, heads)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -206,16 +285,10 @@ def _attend_blocks_fwd(cfg, q, k, v, valid, seeds):
   return out, (q, k, v, valid, seeds, out, lse)
 
 
-# --- Backward -----------------------------------------------------------------
-
-
 def _attend_blocks_bwd(cfg, residuals, d_out):
   """Recomputes each block's weights from the saved log-sum-exp."""
   q, k, v, valid, seeds, out, lse = residuals
-  # delta = rowsum(dO * O), also with dropout.
-  delta = jnp.sum(
-    d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1
-  )  # [B, H, Np]
+  delta = _delta(d_out, out)
 
   def q_step(carry, qi):
     dk, dv = carry
@@ -228,41 +301,21 @@ def _attend_blocks_bwd(cfg, residuals, d_out):
     def kv_step(carry, kj):
       dq_block, dk, dv = carry
       k_start = kj * cfg.kv_block
-      k_block = _slice(k, k_start, cfg.kv_block)
-      v_block = _slice(v, k_start, cfg.kv_block)
-      s = _block_logits(
-        cfg, q_block, k_block, _slice(valid, k_start, cfg.kv_block, axis=1)
-      )
-      p = jnp.exp(s - lse_block[..., None])  # [B, H, Q, K]
-      dp = jnp.einsum(
-        'bhqd,bhkd->bhqk', do_block, v_block, preferred_element_type=jnp.float32
-      )
-      p_dropped = p
-      if cfg.dropout_prob > 0.0:
-        multiplier = _block_dropout(cfg, seeds, q_start, k_start, p.shape)
-        p_dropped = p * multiplier
-        dp = dp * multiplier
-      dv_block = jnp.einsum(
-        'bhqk,bhqd->bhkd',
-        p_dropped.astype(v.dtype),
+      blocks = (
+        q_block,
+        _slice(k, k_start, cfg.kv_block),
+        _slice(v, k_start, cfg.kv_block),
+        _slice(valid, k_start, cfg.kv_block, axis=1),
         do_block,
-        preferred_element_type=jnp.float32,
+        lse_block,
+        delta_block,
       )
-      ds = p * (dp - delta_block[..., None]) * jnp.float32(cfg.scale)
-      ds = ds.astype(q.dtype)
-      dq_block = dq_block + jnp.einsum(
-        'bhqk,bhkd->bhqd', ds, k_block, preferred_element_type=jnp.float32
-      )
-      dk_block = jnp.einsum(
-        'bhqk,bhqd->bhkd', ds, q_block, preferred_element_type=jnp.float32
-      )
-      dk = lax.dynamic_update_slice_in_dim(
-        dk, _slice(dk, k_start, cfg.kv_block) + dk_block, k_start, axis=2
-      )
-      dv = lax.dynamic_update_slice_in_dim(
-        dv, _slice(dv, k_start, cfg.kv_block) + dv_block, k_start, axis=2
-      )
-      return (dq_block, dk, dv), None
+      dq_b, dk_b, dv_b = _block_grads(cfg, seeds, blocks, q_start, k_start)
+      return (
+        dq_block + dq_b,
+        _add_at(dk, dk_b, k_start),
+        _add_at(dv, dv_b, k_start),
+      ), None
 
     dq_block = jnp.zeros(q_block.shape, jnp.float32)
     (dq_block, dk, dv), _ = lax.scan(
@@ -272,8 +325,8 @@ def _attend_blocks_bwd(cfg, residuals, d_out):
 
   init = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
   (dk, dv), dq = lax.scan(q_step, init, jnp.arange(cfg.num_q_blocks))
-  batch, heads, _, head_dim = q.shape
-  dq = jnp.moveaxis(dq, 0, 2).reshape(batch, heads, -1, head_dim)
+  batch, heads, _, _ = q.shape
+  dq = _merge_blocks(dq, batch, heads)
   return (
     dq.astype(q.dtype),
     dk.astype(k.dtype),
@@ -286,7 +339,163 @@ def _attend_blocks_bwd(cfg, residuals, d_out):
 _attend_blocks.defvjp(_attend_blocks_fwd, _attend_blocks_bwd)
 
 
-# --- Entry point --------------------------------------------------------------
+# --- Keys and values projected block by block ---------------------------------
+#
+# The loops run over key blocks outside and query blocks inside, so that each
+# block's keys and values are computed once per pass from its inputs and never
+# exist for all M inputs at once. The backward pass recomputes them and pulls
+# their gradients back through the projection block by block.
+
+
+def _forward_projected(cfg, project, q, x, params, valid, seeds):
+  """Like `_forward`, with k, v = project(params, x block)."""
+  batch, heads, num_q, _ = q.shape
+
+  def kv_step(stats, kj):
+    k_start = kj * cfg.kv_block
+    k_block, v_block = project(params, _slice(x, k_start, cfg.kv_block, 1))
+    valid_block = _slice(valid, k_start, cfg.kv_block, axis=1)
+
+    def q_step(stats, qi):
+      q_start = qi * cfg.q_block
+      block = tuple(_slice(a, q_start, cfg.q_block) for a in stats)
+      block = _online_update(
+        cfg,
+        seeds,
+        block,
+        _slice(q, q_start, cfg.q_block),
+        k_block,
+        v_block,
+        valid_block,
+        q_start,
+        k_start,
+      )
+      stats = tuple(
+        lax.dynamic_update_slice_in_dim(a, b, q_start, axis=2)
+        for a, b in zip(stats, block, strict=True)
+      )
+      return stats, None
+
+    stats, _ = lax.scan(q_step, stats, jnp.arange(cfg.num_q_blocks))
+    return stats, None
+
+  init = _init_stats(batch, heads, num_q, cfg.value_dim)
+  stats, _ = lax.scan(kv_step, init, jnp.arange(cfg.num_kv_blocks))
+  return _finish(stats, cfg.value_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _attend_projected(cfg, project, q, x, params, valid, seeds):
+  return _forward_projected(cfg, project, q, x, params, valid, seeds)[0]
+
+
+def _attend_projected_fwd(cfg, project, q, x, params, valid, seeds):
+  out, lse = _forward_projected(cfg, project, q, x, params, valid, seeds)
+  return out, (q, x, params, valid, seeds, out, lse)
+
+
+def _attend_projected_bwd(cfg, project, residuals, d_out):
+  q, x, params, valid, seeds, out, lse = residuals
+  delta = _delta(d_out, out)
+
+  def kv_step(carry, kj):
+    dq, d_params = carry
+    k_start = kj * cfg.kv_block
+    (k_block, v_block), project_vjp = jax.vjp(
+      project, params, _slice(x, k_start, cfg.kv_block, 1)
+    )
+    valid_block = _slice(valid, k_start, cfg.kv_block, axis=1)
+
+    def q_step(carry, qi):
+      dq, dk_block, dv_block = carry
+      q_start = qi * cfg.q_block
+      blocks = (
+        _slice(q, q_start, cfg.q_block),
+        k_block,
+        v_block,
+        valid_block,
+        _slice(d_out, q_start, cfg.q_block),
+        _slice(lse, q_start, cfg.q_block),
+        _slice(delta, q_start, cfg.q_block),
+      )
+      dq_b, dk_b, dv_b = _block_grads(cfg, seeds, blocks, q_start, k_start)
+      return (
+        _add_at(dq, dq_b, q_start),
+        dk_block + dk_b,
+        dv_block + dv_b,
+      ), None
+
+    init = (
+      dq,
+      jnp.zeros(k_block.shape, jnp.float32),
+      jnp.zeros(v_block.shape, jnp.float32),
+    )
+    (dq, dk_block, dv_block), _ = lax.scan(
+      q_step, init, jnp.arange(cfg.num_q_blocks)
+    )
+    d_params_block, dx_block = project_vjp(
+      (dk_block.astype(k_block.dtype), dv_block.astype(v_block.dtype))
+    )
+    d_params = jax.tree.map(jnp.add, d_params, d_params_block)
+    return (dq, d_params), dx_block
+
+  init = (
+    jnp.zeros(q.shape, jnp.float32),
+    jax.tree.map(jnp.zeros_like, params),
+  )
+  (dq, d_params), dx = lax.scan(kv_step, init, jnp.arange(cfg.num_kv_blocks))
+  # [nK, B, K, C] -> [B, Mp, C]
+  dx = jnp.moveaxis(dx, 0, 1).reshape(x.shape)
+  return dq.astype(q.dtype), dx, d_params, None, None
+
+
+_attend_projected.defvjp(_attend_projected_fwd, _attend_projected_bwd)
+
+
+# --- Entry points -------------------------------------------------------------
+
+
+def _config(
+  q_shape, num_kv, kv_mask, dropout_prob, q_chunk_size, kv_chunk_size, **extra
+):
+  """The blocking of [B, N, H, D] queries against num_kv keys."""
+  num_q, head_dim = q_shape[1], q_shape[3]
+  q_block, num_q_blocks = block_size(num_q, q_chunk_size)
+  kv_block, num_kv_blocks = block_size(num_kv, kv_chunk_size)
+  return _Config(
+    num_q=num_q,
+    q_block=q_block,
+    kv_block=kv_block,
+    num_q_blocks=num_q_blocks,
+    num_kv_blocks=num_kv_blocks,
+    scale=1.0 / math.sqrt(head_dim),
+    dropout_prob=dropout_prob,
+    masked=kv_mask is not None or kv_block * num_kv_blocks != num_kv,
+    **extra,
+  )
+
+
+def _prepare(cfg, q, num_kv, kv_mask, dropout_prob, dropout_rng):
+  """Head-major padded queries [B, H, Np, D], key validity [B, Mp], seeds."""
+  batch = q.shape[0]
+  if dropout_prob > 0.0:
+    seeds = dropout_seeds(dropout_rng)
+  else:
+    seeds = jnp.zeros((2,), jnp.uint32)
+  q = _pad_axis(jnp.swapaxes(q, 1, 2), 2, cfg.q_block * cfg.num_q_blocks)
+  if kv_mask is None:
+    valid = jnp.ones((batch, num_kv), jnp.bool_)
+  else:
+    valid = kv_mask != 0
+  valid = _pad_axis(valid, 1, cfg.kv_block * cfg.num_kv_blocks)  # False.
+  return q, valid, seeds
+
+
+def _merge_heads(out, num_q):
+  """[B, H, Np, Dv] -> [B, N, H * Dv]."""
+  batch, heads, _, value_dim = out.shape
+  out = jnp.swapaxes(out[:, :, :num_q], 1, 2)  # [B, N, H, Dv]
+  return jnp.reshape(out, (batch, num_q, heads * value_dim))
 
 
 def chunked_attend(
@@ -318,34 +527,81 @@ def chunked_attend(
   Returns:
     [B, N, H * Dv].
   """
-  batch, num_q, num_heads, head_dim = q.shape
-  num_kv, value_dim = k.shape[1], v.shape[-1]
-  q_block, num_q_blocks = block_size(num_q, q_chunk_size)
-  kv_block, num_kv_blocks = block_size(num_kv, kv_chunk_size)
-  padded_kv = kv_block * num_kv_blocks
-  cfg = _Config(
-    num_q=num_q,
-    q_block=q_block,
-    kv_block=kv_block,
-    num_q_blocks=num_q_blocks,
-    num_kv_blocks=num_kv_blocks,
-    scale=1.0 / math.sqrt(head_dim),
-    dropout_prob=dropout_prob,
-    masked=kv_mask is not None or padded_kv != num_kv,
+  num_kv = k.shape[1]
+  cfg = _config(
+    q.shape, num_kv, kv_mask, dropout_prob, q_chunk_size, kv_chunk_size
   )
-  if dropout_prob > 0.0:
-    seeds = dropout_seeds(dropout_rng)
-  else:
-    seeds = jnp.zeros((2,), jnp.uint32)
-  # [B, N, H, D] -> [B, H, N, D], padded to whole blocks.
-  q = _pad_axis(jnp.swapaxes(q, 1, 2), 2, q_block * num_q_blocks)
+  q, valid, seeds = _prepare(cfg, q, num_kv, kv_mask, dropout_prob, dropout_rng)
+  padded_kv = cfg.kv_block * cfg.num_kv_blocks
   k = _pad_axis(jnp.swapaxes(k, 1, 2), 2, padded_kv)
   v = _pad_axis(jnp.swapaxes(v, 1, 2), 2, padded_kv)
-  if kv_mask is None:
-    valid = jnp.ones((batch, num_kv), jnp.bool_)
-  else:
-    valid = kv_mask != 0
-  valid = _pad_axis(valid, 1, padded_kv)  # Pads with False.
   out = _attend_blocks(cfg, q, k, v, valid, seeds)  # [B, H, Np, Dv]
-  out = jnp.swapaxes(out[:, :, :num_q], 1, 2)  # [B, N, H, Dv]
-  return jnp.reshape(out, (batch, num_q, num_heads * value_dim))
+  return _merge_heads(out, cfg.num_q)
+
+
+def chunked_attend_projected(
+  q,
+  x_kv,
+  kv_params,
+  kv_project,
+  *,
+  kv_mask=None,
+  dropout_prob=0.0,
+  dropout_rng=None,
+  q_chunk_size=DEFAULT_Q_CHUNK_SIZE,
+  kv_chunk_size=DEFAULT_KV_CHUNK_SIZE,
+):
+  """`chunked_attend` with keys and values computed from x_kv block by block.
+
+  Equals `chunked_attend(q, *kv_project(kv_params, x_kv), ...)`, but the
+  [B, M, H, D] keys and values never exist whole, in the forward pass or in
+  the backward: each block of keys and values is computed from its block of
+  inputs when it is needed (twice per training step), and gradients flow to
+  `x_kv` and `kv_params` through `jax.vjp` of the projection of each block.
+
+  Args:
+    q: [B, N, H, D] queries.
+    x_kv: [B, M, C] inputs of the keys and values.
+    kv_params: a pytree of arrays that `kv_project` reads.
+    kv_project: (kv_params, [B, K, C]) -> (k [B, K, H, D], v [B, K, H, Dv]),
+      computing each of the K rows from that row of its input alone (a
+      LayerNorm and two linear maps, say).
+    kv_mask: optional [B, M]; keys with 0 are ignored.
+    dropout_prob: dropout rate on the attention weights.
+    dropout_rng: PRNG key, required when `dropout_prob > 0`.
+    q_chunk_size: at most this many queries per block.
+    kv_chunk_size: at most this many keys per block.
+
+  Returns:
+    [B, N, H * Dv].
+  """
+  batch, num_kv, channels = x_kv.shape
+  k_shape, v_shape = jax.eval_shape(
+    kv_project,
+    kv_params,
+    jax.ShapeDtypeStruct((batch, 1, channels), x_kv.dtype),
+  )
+  if k_shape.shape[2:] != q.shape[2:]:
+    raise ValueError(
+      f'kv_project gives keys of [heads, channels] {k_shape.shape[2:]}; the '
+      f'queries have {q.shape[2:]}.'
+    )
+
+  def head_major(params, x):
+    k, v = kv_project(params, x)
+    return jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+
+  cfg = _config(
+    q.shape,
+    num_kv,
+    kv_mask,
+    dropout_prob,
+    q_chunk_size,
+    kv_chunk_size,
+    value_dim=v_shape.shape[-1],
+    value_dtype=jnp.dtype(v_shape.dtype).name,
+  )
+  q, valid, seeds = _prepare(cfg, q, num_kv, kv_mask, dropout_prob, dropout_rng)
+  x_kv = _pad_axis(x_kv, 1, cfg.kv_block * cfg.num_kv_blocks)
+  out = _attend_projected(cfg, head_major, q, x_kv, kv_params, valid, seeds)
+  return _merge_heads(out, cfg.num_q)

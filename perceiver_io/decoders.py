@@ -230,14 +230,28 @@ class BasicDecoder(AbstractPerceiverDecoder):
       use_query_residual=self._use_query_residual,
       attention_impl=self._attention_impl,
     )
-    output = cross_attention(
-      query, z, is_training=is_training, q_mask=query_mask
-    )
+    output_fn = None
     if self._final_project:
-      output = hk.Linear(
-        self._output_num_channels, w_init=self._output_w_init, name='output'
-      )(output)
-    return output
+      # hk.Linear(name='output')'s parameters, applied inside the query
+      # chunks of the cross-attention: [B, O, C] is never whole.
+      channels = query.shape[-1]
+      w_init = self._output_w_init or hk.initializers.TruncatedNormal(
+        1.0 / np.sqrt(channels)
+      )
+      with hk.name_scope('output'):
+        w = hk.get_parameter(
+          'w', [channels, self._output_num_channels], query.dtype, init=w_init
+        )
+        b = hk.get_parameter(
+          'b', [self._output_num_channels], query.dtype, init=jnp.zeros
+        )
+
+      def output_fn(x):
+        return jnp.dot(x, w) + b
+
+    return cross_attention(
+      query, z, is_training=is_training, q_mask=query_mask, output_fn=output_fn
+    )
 
 
 class ClassificationDecoder(AbstractPerceiverDecoder):

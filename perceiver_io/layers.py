@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from perceiver_io import attend as attend_lib
+from perceiver_io import chunked_attend
 from perceiver_io.layer_norm import layer_norm
 
 COMPUTE_DTYPES = (None, 'float32', 'bfloat16', 'float16')
@@ -152,15 +153,19 @@ def _rngs(rng, is_training, spec):
   return tuple(jax.random.split(rng, 3))
 
 
+def _split_heads(x, num_heads):
+  """[B, N, C] -> [B, N, H, C / H]."""
+  batch, length, channels = x.shape
+  return jnp.reshape(x, (batch, length, num_heads, channels // num_heads))
+
+
+def _attn_rate(spec, is_training):
+  return spec.dropout_attn_prob if is_training else 0.0
+
+
 def _multihead(spec, q, k, v, q_mask, kv_mask, is_training, rng):
-  """[B, N, qk], [B, M, qk], [B, M, v] -> [B, N, v]."""
-  batch, num_q, _ = q.shape
-  num_kv = k.shape[1]
-  heads = spec.num_heads
-  q = jnp.reshape(q, (batch, num_q, heads, spec.qk_channels // heads))
-  k = jnp.reshape(k, (batch, num_kv, heads, spec.qk_channels // heads))
-  v = jnp.reshape(v, (batch, num_kv, heads, spec.v_channels // heads))
-  rate = spec.dropout_attn_prob if is_training else 0.0
+  """Heads [B, N, H, D], [B, M, H, D], [B, M, H, Dv] -> [B, N, H * Dv]."""
+  rate = _attn_rate(spec, is_training)
   return attend_lib.attend(
     q,
     k,
@@ -170,7 +175,40 @@ def _multihead(spec, q, k, v, q_mask, kv_mask, is_training, rng):
     dropout_prob=rate,
     dropout_rng=rng if rate > 0.0 else None,
     implementation=spec.attention_impl,
-  )  # [B, N, v]
+  )
+
+
+def projects_kv_in_blocks(spec, x_q, x_kv, kv_mask=None, is_training=False):
+  """Whether `cross_attention` computes its keys and values block by block.
+
+  It does when `attend` would take the 'chunked' path and the inputs span
+  more than one key block (e.g. the 50,176 pixels of the ImageNet encoder or
+  the 182,528 of the optical-flow one): then the [B, M, qk] keys and the
+  [B, M, v] values never exist for all M inputs (`attend.attend_projected`).
+  """
+  batch, num_q, _ = x_q.shape
+  num_kv = x_kv.shape[1]
+  if num_kv <= chunked_attend.DEFAULT_KV_CHUNK_SIZE:
+    return False
+  heads, dtype = spec.num_heads, spec.dtype
+  q = jax.ShapeDtypeStruct(
+    (batch, num_q, heads, spec.qk_channels // heads), dtype
+  )
+  k = jax.ShapeDtypeStruct(
+    (batch, num_kv, heads, spec.qk_channels // heads), dtype
+  )
+  v = jax.ShapeDtypeStruct(
+    (batch, num_kv, heads, spec.v_channels // heads), dtype
+  )
+  impl = attend_lib.resolve_implementation(
+    q,
+    k,
+    v,
+    kv_mask=kv_mask,
+    dropout_prob=_attn_rate(spec, is_training),
+    implementation=spec.attention_impl,
+  )
+  return impl == 'chunked'
 
 
 def _mlp(spec, w1, b1, w2, b2, x):
@@ -195,9 +233,10 @@ def self_attention(spec, w, x, *, is_training, mask=None, rng=None):
   rate = spec.dropout_prob if is_training else 0.0
   attn_rng, branch_rng, mlp_rng = _rngs(rng, is_training, spec)
   h = layer_norm(x, w.ln_scale, w.ln_offset)
-  q = _dense(h, w.q_w, w.q_b, spec.dtype)  # [B, N, qk]
-  k = _dense(h, w.k_w, w.k_b, spec.dtype)  # [B, N, qk]
-  v = _dense(h, w.v_w, w.v_b, spec.dtype)  # [B, N, v]
+  heads = spec.num_heads
+  q = _split_heads(_dense(h, w.q_w, w.q_b, spec.dtype), heads)  # [B, N, H, D]
+  k = _split_heads(_dense(h, w.k_w, w.k_b, spec.dtype), heads)  # [B, N, H, D]
+  v = _split_heads(_dense(h, w.v_w, w.v_b, spec.dtype), heads)  # [B, N, H, Dv]
   attn = _multihead(spec, q, k, v, mask, mask, is_training, attn_rng)
   attn = _dense(attn, w.out_w, w.out_b, spec.dtype)  # [B, N, C]
   x = x + _dropout(branch_rng, rate, attn).astype(x.dtype)
@@ -207,7 +246,16 @@ def self_attention(spec, w, x, *, is_training, mask=None, rng=None):
 
 
 def cross_attention(
-  spec, w, x_q, x_kv, *, is_training, q_mask=None, kv_mask=None, rng=None
+  spec,
+  w,
+  x_q,
+  x_kv,
+  *,
+  is_training,
+  q_mask=None,
+  kv_mask=None,
+  rng=None,
+  output_fn=None,
 ):
   """One pre-LayerNorm cross-attention layer; the output has x_q's width.
 
@@ -220,30 +268,64 @@ def cross_attention(
     q_mask: optional [B, N].
     kv_mask: optional [B, M].
     rng: PRNG key, needed for dropout during training.
+    output_fn: optional function of each query's output alone,
+      [B, n, Cq] -> [B, n, Co] (a decoder's final linear map, say), applied
+      inside the query chunks so that the [B, N, Cq] output is never whole.
 
   Returns:
-    [B, N, Cq] float32.
+    [B, N, Cq] float32, or [B, N, Co] with `output_fn`.
   """
   rate = spec.dropout_prob if is_training else 0.0
   attn_rng, branch_rng, mlp_rng = _rngs(rng, is_training, spec)
-  h_kv = layer_norm(x_kv, w.kv_ln_scale, w.kv_ln_offset)
-  k = _dense(h_kv, w.k_w, w.k_b, spec.dtype)  # [B, M, qk]
-  v = _dense(h_kv, w.v_w, w.v_b, spec.dtype)  # [B, M, v]
+  kv_params = (w.kv_ln_scale, w.kv_ln_offset, w.k_w, w.k_b, w.v_w, w.v_b)
+
+  def kv_project(params, x):
+    """[B, m, Ckv] -> keys [B, m, H, D] and values [B, m, H, Dv]."""
+    ln_scale, ln_offset, k_w, k_b, v_w, v_b = params
+    h = layer_norm(x, ln_scale, ln_offset)
+    k = _dense(h, k_w, k_b, spec.dtype)  # [B, m, qk]
+    v = _dense(h, v_w, v_b, spec.dtype)  # [B, m, v]
+    return _split_heads(k, spec.num_heads), _split_heads(v, spec.num_heads)
+
+  chunk = spec.query_chunk_size
+  chunk_queries = bool(chunk and x_q.shape[1] > chunk and rng is None)
+  if not chunk_queries and projects_kv_in_blocks(
+    spec, x_q, x_kv, kv_mask, is_training
+  ):
+    attn_rate = _attn_rate(spec, is_training)
+
+    def attention(q, q_mask):
+      return attend_lib.attend_projected(
+        q,
+        x_kv,
+        kv_params,
+        kv_project,
+        q_mask=q_mask,
+        kv_mask=kv_mask,
+        dropout_prob=attn_rate,
+        dropout_rng=attn_rng if attn_rate > 0.0 else None,
+      )
+
+  else:
+    k, v = kv_project(kv_params, x_kv)
+
+    def attention(q, q_mask):
+      return _multihead(spec, q, k, v, q_mask, kv_mask, is_training, attn_rng)
 
   def queries_fn(x_q, q_mask):
     """Everything that follows for [B, n, Cq] queries: per query."""
     h_q = layer_norm(x_q, w.q_ln_scale, w.q_ln_offset)
     q = _dense(h_q, w.q_w, w.q_b, spec.dtype)  # [B, n, qk]
-    attn = _multihead(spec, q, k, v, q_mask, kv_mask, is_training, attn_rng)
+    attn = attention(_split_heads(q, spec.num_heads), q_mask)  # [B, n, v]
     attn = _dense(attn, w.out_w, w.out_b, spec.dtype)  # [B, n, Cq]
     attn = _dropout(branch_rng, rate, attn).astype(jnp.float32)
     x = x_q.astype(jnp.float32) + attn if spec.use_query_residual else attn
     h = layer_norm(x, w.mlp_ln_scale, w.mlp_ln_offset)
     h = _mlp(spec, w.mlp_w1, w.mlp_b1, w.mlp_w2, w.mlp_b2, h)
-    return x + _dropout(mlp_rng, rate, h).astype(x.dtype)
+    x = x + _dropout(mlp_rng, rate, h).astype(x.dtype)
+    return x if output_fn is None else output_fn(x)
 
-  chunk = spec.query_chunk_size
-  if chunk and x_q.shape[1] > chunk and rng is None:
+  if chunk_queries:
     return _over_query_chunks(queries_fn, x_q, q_mask, chunk)
   return queries_fn(x_q, q_mask)
 
@@ -258,7 +340,14 @@ def _over_query_chunks(queries_fn, x_q, q_mask, chunk):
   """
   batch, num_q, channels = x_q.shape
   num_full = num_q // chunk
-  out = jnp.zeros((batch, num_q, channels), jnp.float32)
+  out_chunk = jax.eval_shape(
+    queries_fn,
+    jax.ShapeDtypeStruct((batch, chunk, channels), x_q.dtype),
+    None
+    if q_mask is None
+    else jax.ShapeDtypeStruct((batch, chunk), q_mask.dtype),
+  )  # [B, chunk, Co]
+  out = jnp.zeros((batch, num_q, out_chunk.shape[-1]), out_chunk.dtype)
 
   def apply(out, start, size):
     x = lax.dynamic_slice_in_dim(x_q, start, size, axis=1)

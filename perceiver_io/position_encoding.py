@@ -10,6 +10,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 POSITION_ENCODING_TYPES = ('trainable', 'fourier')
 
@@ -33,6 +34,63 @@ def build_linear_positions(index_dims, output_range=(-1.0, 1.0)):
   return jnp.stack(jnp.meshgrid(*axes, indexing='ij'), axis=-1)
 
 
+def concat_channels(parts):
+  """jnp.concatenate(parts, axis=-1), written part by part into one array.
+
+  XLA's CPU backend computes the operands of a concatenate into buffers of
+  their own before copying them; written with one dynamic-update-slice per
+  part instead, each part's elementwise computation (sines, cosines, a
+  broadcast) fuses into its write. The Fourier features and the inputs they
+  are concatenated to then take no memory beyond the result: 0.4 GB less at
+  the optical-flow model's 182,528 inputs.
+
+  Args:
+    parts: arrays [..., C_i] of equal leading shapes.
+
+  Returns:
+    [..., sum C_i].
+  """
+  if len(parts) == 1:
+    return parts[0]
+  lead = parts[0].shape[:-1]
+  if any(part.shape[:-1] != lead for part in parts):
+    raise ValueError(
+      'concat_channels needs parts of equal leading shapes; got '
+      f'{[x.shape for x in parts]}.'
+    )
+  dtype = jnp.result_type(*parts)
+  out = jnp.zeros(lead + (sum(x.shape[-1] for x in parts),), dtype)
+  start = 0
+  for part in parts:
+    out = lax.dynamic_update_slice_in_dim(
+      out, part.astype(dtype), start, axis=-1
+    )
+    start += part.shape[-1]
+  return out
+
+
+def fourier_feature_parts(
+  pos, num_bands, max_resolution=(224, 224), concat_pos=True, sine_only=False
+):
+  """`generate_fourier_features` as the list of arrays it concatenates."""
+  if pos.shape[-1] != len(max_resolution):
+    raise ValueError(
+      f'Positions have {pos.shape[-1]} dimensions but max_resolution '
+      f'{tuple(max_resolution)} has {len(max_resolution)}.'
+    )
+  freq_bands = jnp.stack(
+    [
+      jnp.linspace(1.0, res / 2, num=num_bands, endpoint=True)
+      for res in max_resolution
+    ],
+    axis=0,
+  )  # [d, K]
+  phases = pos[:, :, None] * freq_bands[None, :, :]  # [M, d, K]
+  phases = jnp.pi * jnp.reshape(phases, (phases.shape[0], -1))  # [M, d*K]
+  parts = [jnp.sin(phases)] if sine_only else [jnp.sin(phases), jnp.cos(phases)]
+  return [pos] + parts if concat_pos else parts
+
+
 def generate_fourier_features(
   pos, num_bands, max_resolution=(224, 224), concat_pos=True, sine_only=False
 ):
@@ -52,27 +110,9 @@ def generate_fourier_features(
     [M, C] features with C = d * K * (1 if sine_only else 2) + (d or 0), in the
     order [pos, sin(axis-major bands), cos(axis-major bands)].
   """
-  if pos.shape[-1] != len(max_resolution):
-    raise ValueError(
-      f'Positions have {pos.shape[-1]} dimensions but max_resolution '
-      f'{tuple(max_resolution)} has {len(max_resolution)}.'
-    )
-  freq_bands = jnp.stack(
-    [
-      jnp.linspace(1.0, res / 2, num=num_bands, endpoint=True)
-      for res in max_resolution
-    ],
-    axis=0,
-  )  # [d, K]
-  phases = pos[:, :, None] * freq_bands[None, :, :]  # [M, d, K]
-  phases = jnp.pi * jnp.reshape(phases, (phases.shape[0], -1))  # [M, d*K]
-  if sine_only:
-    features = jnp.sin(phases)
-  else:
-    features = jnp.concatenate([jnp.sin(phases), jnp.cos(phases)], axis=-1)
-  if concat_pos:
-    features = jnp.concatenate([pos, features], axis=-1)
-  return features
+  return concat_channels(
+    fourier_feature_parts(pos, num_bands, max_resolution, concat_pos, sine_only)
+  )
 
 
 def fourier_num_channels(num_dims, num_bands, concat_pos=True, sine_only=False):
@@ -181,6 +221,14 @@ class FourierPositionEncoding(hk.Module):
     Returns:
       [B, M, C] features.
     """
+    return concat_channels(self.parts(batch_size, pos=pos, indices=indices))
+
+  def parts(self, batch_size, pos=None, indices=None):
+    """The features as the [B, M, C_i] arrays they concatenate.
+
+    A preprocessor that concatenates them to its inputs with
+    `concat_channels` never holds them apart from its result.
+    """
     del indices
     if pos is None:
       if self._index_dims is None:
@@ -189,18 +237,20 @@ class FourierPositionEncoding(hk.Module):
           'index_dims, so it needs explicit positions.'
         )
       pos = build_linear_positions(self._index_dims)
-      pos = jnp.reshape(pos, (1, -1, len(self._index_dims)))
-      features = self._features(pos[0])
-      return jnp.broadcast_to(features[None], (batch_size,) + features.shape)
+      pos = jnp.reshape(pos, (-1, len(self._index_dims)))
+      return [
+        jnp.broadcast_to(part[None], (batch_size,) + part.shape)
+        for part in self._parts(pos)
+      ]
     if pos.ndim != 3 or pos.shape[-1] != len(self._max_resolution):
       raise ValueError(
         f'Positions must have shape [B, M, {len(self._max_resolution)}]; got '
         f'{pos.shape}.'
       )
-    return jax.vmap(self._features)(pos)
+    return jax.vmap(self._parts)(pos)
 
-  def _features(self, pos):
-    return generate_fourier_features(
+  def _parts(self, pos):
+    return fourier_feature_parts(
       pos,
       num_bands=self._num_bands,
       max_resolution=self._max_resolution,

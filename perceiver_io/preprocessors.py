@@ -109,11 +109,21 @@ class _PositionalPreprocessor(hk.Module):
     index_dims = inputs.shape[1:-1]
     if inputs.ndim > 3 and network_input_is_1d:
       inputs = jnp.reshape(inputs, (batch_size, int(np.prod(index_dims)), -1))
-    pos_enc = position_encoding.build_position_encoding(
+    encoding = position_encoding.build_position_encoding(
       self._position_encoding_type,
       index_dims=index_dims,
       **self._position_encoding_kwargs,
-    )(batch_size=batch_size, pos=pos)
+    )
+    if (
+      self._concat_or_add_pos == 'concat'
+      and not self._n_extra_pos_mlp
+      and network_input_is_1d
+      and hasattr(encoding, 'parts')
+    ):
+      # The Fourier features go straight into the network inputs.
+      parts = encoding.parts(batch_size=batch_size, pos=pos)
+      return position_encoding.concat_channels([inputs, *parts]), inputs
+    pos_enc = encoding(batch_size=batch_size, pos=pos)
     for i in range(self._n_extra_pos_mlp):
       pos_enc = pos_enc + hk.Linear(pos_enc.shape[-1])(pos_enc)
       if i < self._n_extra_pos_mlp - 1:

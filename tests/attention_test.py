@@ -9,6 +9,7 @@ from absl.testing import parameterized
 
 from benchmarks import baseline
 from perceiver_io import attention
+from perceiver_io import layers
 from perceiver_io.layer_norm import layer_norm
 
 SELF_ATTENTION_MODULES = {
@@ -275,6 +276,57 @@ class CrossAttentionTest(parameterized.TestCase):
       'while', jax.jit(chunked.apply).lower(params, None, x_q, x_kv).as_text()
     )
     _assert_same_values_and_grads(self, chunked, whole, params, x_q, x_kv)
+
+  def test_many_inputs_project_keys_and_values_in_blocks(self):
+    # More inputs than one key block (2048): the 'chunked' path computes
+    # keys and values block by block (two blocks, the last padded).
+    rng = np.random.default_rng(4)
+    x_q = jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32)
+    x_kv = jnp.asarray(rng.normal(size=(2, 2100, 6)), jnp.float32)
+    kv_mask = jnp.asarray(rng.integers(0, 2, (2, 2100)))
+    # 'auto' keeps the einsum path for so small an attention matrix.
+    for impl, blocks in (('einsum', False), ('auto', False), ('chunked', True)):
+      spec = attention.LayerSpec(
+        num_heads=2, qk_channels=6, v_channels=6, attention_impl=impl
+      )
+      self.assertEqual(
+        layers.projects_kv_in_blocks(spec, x_q, x_kv, kv_mask), blocks
+      )
+    self.assertFalse(layers.projects_kv_in_blocks(spec, x_q, x_kv[:, :2048]))
+    ours = _cross_attention(
+      attention.CrossAttention, kv_mask=kv_mask, attention_impl='chunked'
+    )
+    reference = _cross_attention(baseline.CrossAttention, kv_mask=kv_mask)
+    params = _random_params(ours.init(jax.random.PRNGKey(0), x_q, x_kv))
+    _assert_same_values_and_grads(self, ours, reference, params, x_q, x_kv)
+
+  def test_output_fn_runs_inside_query_chunks(self):
+    rng = np.random.default_rng(5)
+    x_q = jnp.asarray(rng.normal(size=(2, 11, 8)), jnp.float32)
+    x_kv = jnp.asarray(rng.normal(size=(2, 7, 6)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(8, 3)), jnp.float32)
+
+    def output_fn(x):
+      return jnp.tanh(x @ w)
+
+    def fn(x_q, x_kv, chunk, inside):
+      out = attention.CrossAttention(num_heads=2, query_chunk_size=chunk)(
+        x_q,
+        x_kv,
+        is_training=False,
+        output_fn=output_fn if inside else None,
+      )
+      return out if inside else output_fn(out)
+
+    inside = hk.transform(lambda q, kv: fn(q, kv, 4, True))
+    outside = hk.transform(lambda q, kv: fn(q, kv, None, False))
+    params = _random_params(inside.init(jax.random.PRNGKey(0), x_q, x_kv))
+    # The output of the chunked layer is [B, N, 3]: only the mapped values
+    # are ever whole.
+    text = jax.jit(inside.apply).lower(params, None, x_q, x_kv).as_text()
+    self.assertIn('while', text)
+    self.assertEqual(inside.apply(params, None, x_q, x_kv).shape, (2, 11, 3))
+    _assert_same_values_and_grads(self, inside, outside, params, x_q, x_kv)
 
   def test_bad_shape_for_attn(self):
     with self.assertRaisesRegex(ValueError, 'Unknown shape_for_attn'):

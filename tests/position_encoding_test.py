@@ -2,6 +2,7 @@
 
 import haiku as hk
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -147,6 +148,26 @@ class TrainablePositionEncodingTest(absltest.TestCase):
     params = transformed.init(jax.random.PRNGKey(0))
     self.assertIn('position_encoding_projector/linear', params)
     self.assertEqual(transformed.apply(params, None).shape, (2, 16, 5))
+
+
+class ConcatChannelsTest(absltest.TestCase):
+  def test_equals_concatenate(self):
+    rng = np.random.default_rng(0)
+    parts = [
+      rng.normal(size=(2, 5, 3)).astype(np.float32),
+      rng.normal(size=(2, 5, 1)).astype(np.float16),
+      rng.normal(size=(2, 5, 4)).astype(np.float32),
+    ]
+    got = position_encoding.concat_channels([jnp.asarray(x) for x in parts])
+    want = jnp.concatenate([jnp.asarray(x) for x in parts], axis=-1)
+    self.assertEqual(got.dtype, want.dtype)
+    np.testing.assert_array_equal(got, want)
+
+  def test_mismatched_leading_shapes_raise(self):
+    with self.assertRaisesRegex(ValueError, 'equal leading shapes'):
+      position_encoding.concat_channels(
+        [jnp.zeros((2, 5, 3)), jnp.zeros((2, 4, 1))]
+      )
 
 
 if __name__ == '__main__':

@@ -59,6 +59,28 @@ class ImagePreprocessorTest(parameterized.TestCase):
     self.assertIsNone(sizes)
     self.assertEqual(without_pos.shape[:2], (2, expected[0]))
 
+  def test_fourier_features_are_written_into_the_network_inputs(self):
+    # 65,536 pixels with 64 bands per axis: the features alone would take
+    # 67 MB. Concatenated in place, nothing but the result is allocated.
+    size, bands = 256, 64
+    features_bytes = size * size * (2 + 4 * bands) * 4
+
+    def fn(images):
+      return preprocessors.ImagePreprocessor(
+        prep_type='pixels',
+        position_encoding_type='fourier',
+        fourier_position_encoding_kwargs=dict(
+          num_bands=bands, max_resolution=(size, size)
+        ),
+      )(images, is_training=False)[0]
+
+    transformed = hk.transform(fn)
+    images = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
+    compiled = jax.jit(transformed.apply).lower({}, None, images).compile()
+    self.assertLess(
+      compiled.memory_analysis().temp_size_in_bytes, features_bytes / 8
+    )
+
   def test_extra_pos_mlp_and_add(self):
     def fn(images):
       prep = preprocessors.ImagePreprocessor(
