@@ -253,6 +253,14 @@ def print_table(results):
   for row in rows:
     print('  '.join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)))
   by_key = {(r['impl'], r['mode']): r for r in results if 'error' not in r}
+  for r in results:
+    if 'torch_peak_gflops' in r:
+      print(
+        f'{r["mode"]}: matmul peak (2048^2, float32) XLA '
+        f'{r["peak_gflops"]:.0f} GFLOP/s, PyTorch '
+        f'{r["torch_peak_gflops"]:.0f} GFLOP/s; PyTorch ran at '
+        f'{100 * r["fraction_of_torch_peak"]:.0f}% of its own'
+      )
   for mode in ('forward', 'train'):
     ours = by_key.get(('ours', mode))
     for other in ('straightforward', 'pytorch'):

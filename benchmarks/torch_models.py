@@ -7,6 +7,8 @@ and the same losses as our training step.
 """
 
 import importlib.util
+import statistics
+import time
 
 import numpy as np
 
@@ -85,6 +87,26 @@ def available():
       '(pip install torch transformers).'
     )
   return ''
+
+
+def matmul_peak_gflops(size=2048, repeats=5):
+  """PyTorch's float32 matrix-product throughput, in GFLOP/s.
+
+  Measured like `measure.matmul_peak_gflops` measures XLA's: the median of
+  `repeats` products of two [size, size] matrices, after two warm-up calls.
+  """
+  import torch
+
+  generator = torch.Generator().manual_seed(0)
+  a = torch.randn(size, size, generator=generator)
+  b = torch.randn(size, size, generator=generator)
+  times = []
+  for i in range(repeats + 2):
+    start = time.perf_counter()
+    torch.matmul(a, b)
+    if i >= 2:
+      times.append(time.perf_counter() - start)
+  return 2.0 * size**3 / statistics.median(times) / 1e9
 
 
 class TorchBench:

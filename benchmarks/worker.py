@@ -110,8 +110,15 @@ def run(spec):
       result = _measure(
         spec, mode, calls[mode], time.perf_counter() - start, flops, peak_gflops
       )
+      # PyTorch's own matmul rate: "% peak" divides by XLA's, so that both
+      # columns share one yardstick; this one says how fast PyTorch's
+      # matrix products are on the same cores.
+      torch_peak = torch_models.matmul_peak_gflops(size=size)
       result.update(
-        num_params=bench.num_params, torch_threads=torch.get_num_threads()
+        num_params=bench.num_params,
+        torch_threads=torch.get_num_threads(),
+        torch_peak_gflops=torch_peak,
+        fraction_of_torch_peak=result['achieved_gflops'] / torch_peak,
       )
       yield result
     return

@@ -11,6 +11,13 @@ Gimelshein 2018; Rabe and Staats 2021). The backward pass is written by hand
 and recomputes each [Q, K] block of weights. Memory grows with B * H * Q * K,
 not with B * H * N * M, in both passes.
 
+`chunked_attend_projected` also computes the keys and values block by block
+from their inputs (a LayerNorm and two linear maps, say), so that the [B, M,
+H, D] keys and values never exist whole either: a cross-attention from a few
+thousand latents to hundreds of thousands of inputs then holds only the
+inputs. Its loops run over key blocks outside and query blocks inside, so
+each block is projected once per pass.
+
 Masked keys get the logit `MASK_VALUE`, like DeepMind's code; padding keys that
 fill the last block are masked the same way. The caller zeros the rows whose
 keys are all masked (`attend._wipe_masked_rows`).

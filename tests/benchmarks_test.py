@@ -1,0 +1,62 @@
+"""The benchmark harness end to end, at a tiny size (no timing asserted)."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class HarnessTest(absltest.TestCase):
+  def test_ours_and_straightforward_in_worker_processes(self):
+    out = os.path.join(tempfile.mkdtemp(), 'results.jsonl')
+    command = [
+      sys.executable,
+      '-m',
+      'benchmarks.run',
+      '--experiment_config=configs/image_classification.py:digits',
+      '--batch_size=4',
+      '--repeats=1',
+      '--impls=ours,straightforward',
+      f'--out={out}',
+      '--timeout=600',
+    ]
+    done = subprocess.run(
+      command,
+      check=False,
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=900,
+    )
+    self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+    with open(out) as f:
+      results = [json.loads(line) for line in f]
+    by_key = {(r['impl'], r['mode']): r for r in results}
+    self.assertSetEqual(
+      set(by_key),
+      {
+        (impl, mode)
+        for impl in ('ours', 'straightforward')
+        for mode in ('forward', 'train')
+      },
+    )
+    for (impl, mode), r in by_key.items():
+      self.assertNotIn('error', r, (impl, mode))
+      self.assertGreater(r['median_s'], 0.0)
+      self.assertGreater(r['peak_bytes'], 0)
+      self.assertGreater(r['peak_gflops'], 0.0)
+      # Same model: the same analytic FLOPs, 3x for a training step.
+      forward = by_key[(impl, 'forward')]['gflop_per_example']
+      self.assertAlmostEqual(
+        r['gflop_per_example'], forward * (3 if mode == 'train' else 1)
+      )
+    self.assertIn('faster than straightforward', done.stdout)
+
+
+if __name__ == '__main__':
+  absltest.main()
