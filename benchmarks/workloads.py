@@ -11,6 +11,7 @@ straightforward one ('straightforward', see `baseline.py`).
 import contextlib
 import dataclasses
 import importlib.util
+import os
 from collections.abc import Callable
 
 import jax
@@ -26,6 +27,13 @@ from perceiver_io import models
 IMPLS = ('ours', 'straightforward', 'pytorch')
 
 
+# The architecture of experiment configs whose model config does not name one.
+_EXPERIMENT_ARCHITECTURES = {
+  'masked_lm': models.LANGUAGE,
+  'optical_flow': models.OPTICAL_FLOW,
+}
+
+
 def load_experiment_model(path_and_arg):
   """(architecture, model config) from `configs/x.py[:arg]`'s config.model."""
   path, _, arg = path_and_arg.partition(':')
@@ -34,7 +42,13 @@ def load_experiment_model(path_and_arg):
   module_spec.loader.exec_module(module)
   config = module.get_config(arg or None)
   model = config.model.to_dict()
-  name = model.pop('architecture')
+  stem = os.path.splitext(os.path.basename(path))[0]
+  name = model.pop('architecture', None) or _EXPERIMENT_ARCHITECTURES.get(stem)
+  if name is None:
+    raise ValueError(
+      f'{path}: config.model has no `architecture` key, and the harness '
+      f'knows the architecture of {sorted(_EXPERIMENT_ARCHITECTURES)} only.'
+    )
   return name, ml_collections.ConfigDict(model)
 
 

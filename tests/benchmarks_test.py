@@ -12,6 +12,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class HarnessTest(absltest.TestCase):
+  def test_experiment_configs_name_their_architecture(self):
+    from benchmarks import workloads
+    from perceiver_io import models
+
+    for path, want in (
+      ('configs/masked_lm.py:local', models.LANGUAGE),
+      ('configs/optical_flow.py', models.OPTICAL_FLOW),
+      ('configs/image_classification.py:digits', models.IMAGENET_FOURIER),
+    ):
+      name, config = workloads.load_experiment_model(os.path.join(ROOT, path))
+      self.assertEqual(name, want, path)
+      self.assertNotIn('architecture', config)
+    other = os.path.join(tempfile.mkdtemp(), 'my_task.py')
+    with open(other, 'w') as f:
+      f.write(
+        'import ml_collections\n'
+        'def get_config(arg=None):\n'
+        '  return ml_collections.ConfigDict(dict(model=dict(d_model=8)))\n'
+      )
+    with self.assertRaisesRegex(ValueError, 'no `architecture` key'):
+      workloads.load_experiment_model(other)
+
   def test_ours_and_straightforward_in_worker_processes(self):
     out = os.path.join(tempfile.mkdtemp(), 'results.jsonl')
     command = [
