@@ -82,7 +82,7 @@ def _encoder(**overrides):
     z_pos_enc_init_scale=0.02,
     cross_attention_shape_for_attn='kv',
     use_query_residual=True,
-    attention_impl='einsum',
+    attention_impl='auto',
     remat_blocks=False,
     remat_layers=False,
     scan_blocks=True,
@@ -112,7 +112,7 @@ def _language_config():
       num_heads=8,
       qk_channels=256,
       use_query_residual=False,
-      attention_impl='einsum',
+      attention_impl='auto',
     ),
   )
 
@@ -124,7 +124,7 @@ def _imagenet_decoder(use_query_residual):
     position_encoding_type='trainable',
     trainable_position_encoding_kwargs=dict(init_scale=0.02, num_channels=1024),
     use_query_residual=use_query_residual,
-    attention_impl='einsum',
+    attention_impl='auto',
   )
 
 
@@ -194,7 +194,7 @@ def _flow_config():
       output_num_channels=2,
       position_encoding_type='fourier',
       fourier_position_encoding_kwargs=_fourier(64, train_size),
-      attention_impl='einsum',
+      attention_impl='auto',
     ),
   )
 
@@ -236,7 +236,7 @@ def _video_config():
       output_num_channels=512,
       use_query_residual=False,
       min_padding_size=2,
-      attention_impl='einsum',
+      attention_impl='auto',
     ),
     image_decoder=dict(
       output_num_channels=512,

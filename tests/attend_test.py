@@ -210,9 +210,9 @@ class MemoryTest(absltest.TestCase):
 
   def test_chunked_never_holds_the_attention_matrix(self):
     matrix_bytes = 4096 * 4096 * 4  # 64 MiB.
-    self.assertGreaterEqual(
-      self._temp_bytes('einsum', grad=False), matrix_bytes
-    )
+    # The einsum path's gradient keeps the matrix. (Its forward may run as one
+    # fused XLA kernel whose scratch memory XLA does not report.)
+    self.assertGreaterEqual(self._temp_bytes('einsum', grad=True), matrix_bytes)
     for grad in (False, True):
       self.assertLess(self._temp_bytes('chunked', grad), matrix_bytes / 8)
 
