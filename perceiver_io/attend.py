@@ -59,13 +59,16 @@ def _check_inputs(q, k, v, q_mask, kv_mask):
       f'q and k need the same channels per head; got {q.shape[3]} and '
       f'{k.shape[3]}.'
     )
-  if q_mask is not None and q_mask.shape != q.shape[:2]:
+  _check_masks(q.shape[:2], k.shape[:2], q_mask, kv_mask)
+
+
+def _check_masks(q_shape, kv_shape, q_mask, kv_mask):
+  """Raises ValueError unless the masks are [B, N] and [B, M] (or None)."""
+  if q_mask is not None and q_mask.shape != q_shape:
+    raise ValueError(f'q_mask must have shape {q_shape}; got {q_mask.shape}.')
+  if kv_mask is not None and kv_mask.shape != kv_shape:
     raise ValueError(
-      f'q_mask must have shape {q.shape[:2]}; got {q_mask.shape}.'
-    )
-  if kv_mask is not None and kv_mask.shape != k.shape[:2]:
-    raise ValueError(
-      f'kv_mask must have shape {k.shape[:2]}; got {kv_mask.shape}.'
+      f'kv_mask must have shape {kv_shape}; got {kv_mask.shape}.'
     )
 
 
@@ -333,14 +336,7 @@ def attend_projected(
       f'x_kv must have shape [B, M, C] with the batch of q {q.shape}; got '
       f'{x_kv.shape}.'
     )
-  if q_mask is not None and q_mask.shape != q.shape[:2]:
-    raise ValueError(
-      f'q_mask must have shape {q.shape[:2]}; got {q_mask.shape}.'
-    )
-  if kv_mask is not None and kv_mask.shape != x_kv.shape[:2]:
-    raise ValueError(
-      f'kv_mask must have shape {x_kv.shape[:2]}; got {kv_mask.shape}.'
-    )
+  _check_masks(q.shape[:2], x_kv.shape[:2], q_mask, kv_mask)
   _check_dropout(dropout_prob, dropout_rng)
   out = chunked_attend.chunked_attend_projected(
     q,
