@@ -377,10 +377,10 @@ def main(argv):
   flags_ = flags.FLAGS
   config = flags_.config
   workdir = os.path.abspath(flags_.workdir)  # orbax wants absolute paths.
-  host_memory.keep_freed_memory()
   if not flags_.tasks and not flags_.grid:
-    trainer.run_main(config, workdir, build_task)
+    trainer.run_main(config, workdir, build_task)  # Keeps freed memory too.
     return
+  host_memory.keep_freed_memory()
   tasks = parse_tasks(flags_.tasks or config.task)
   summary = run_tasks(config, workdir, tasks, flags_.grid)
   print(format_summary(summary), flush=True)
