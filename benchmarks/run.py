@@ -150,7 +150,10 @@ def _run_worker(spec):
   try:
     done = subprocess.run(
       command,
-      capture_output=True,
+      stdout=subprocess.PIPE,
+      # --device streams the worker's log (compiles, warnings, a hang's last
+      # words) to ours, so a run that is cut off still says where it was.
+      stderr=None if FLAGS.device else subprocess.PIPE,
       text=True,
       timeout=FLAGS.timeout,
       check=False,

@@ -9,6 +9,7 @@ that stay resident), or the allocator's peak on an accelerator.
 
 import gc
 import statistics
+import sys
 import time
 
 import jax
@@ -16,6 +17,18 @@ import jax
 from benchmarks import measure
 from benchmarks import torch_models
 from benchmarks import workloads
+
+
+def _progress(spec, stage):
+  """One line on stderr: run.py --device streams it, so a worker that runs
+  out of time still shows which variant and stage it was in."""
+  print(
+    f'[{time.strftime("%H:%M:%S")}] {spec.get("arch") or "config"}'
+    f' {spec.get("compute_dtype") or "float32"}'
+    f' {spec.get("attention_impl")} {stage}',
+    file=sys.stderr,
+    flush=True,
+  )
 
 
 def _flops_per_example(spec):
@@ -80,6 +93,7 @@ def run(spec):
   """Measures `spec` (each of its `variants`, if any); yields one dict per
   mode as soon as it is measured."""
   if spec.get('variants'):
+    _progress(spec, 'counting FLOPs')
     flops = _flops_per_example(spec)
     for compute_dtype, attention_impl in spec['variants']:
       variant = dict(
@@ -98,6 +112,7 @@ def run(spec):
     return
   flops = spec.get('flops_per_example') or _flops_per_example(spec)
   size = 2048 if jax.default_backend() == 'cpu' else 8192
+  _progress(spec, 'measuring the matmul peak')
   peak_gflops = measure.matmul_peak_gflops(size=size, dtype=_peak_dtype(spec))
   if spec['impl'] == 'pytorch':
     import torch
@@ -122,12 +137,16 @@ def run(spec):
       )
       yield result
     return
+  _progress(spec, 'building the model and its parameters')
   workload = workloads.build_workload(spec)
   for mode in spec['modes']:
     compile_fn, call = {
       'forward': (workload.compile_forward, workload.forward),
       'train': (workload.compile_train, workload.train_step),
     }[mode]
+    # Progress on stderr: run.py --device streams it, so a worker that runs
+    # out of time still shows which variant and stage it was in.
+    _progress(spec, f'{mode}: compiling')
     start = time.perf_counter()
     compiled = compile_fn()
     compile_s = time.perf_counter() - start
