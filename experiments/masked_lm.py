@@ -280,10 +280,19 @@ def make_eval_fn(model) -> Callable:
     correct = (jnp.argmax(logits, axis=-1) == batch['targets']).astype(
       jnp.float32
     )
+    # The bytes of the words themselves, without the whitespace a selected
+    # word takes along under `data.mask_leading_space`.
+    separator = jnp.isin(
+      batch['targets'],
+      jnp.asarray(mlm_data.WHITESPACE_BYTES) + mlm_data.NUM_RESERVED,
+    )
+    word = strict * (1.0 - separator.astype(jnp.float32))
     return {
       'loss_sum': jnp.sum(ce * strict),
       'correct': jnp.sum(correct * strict),
       'masked_bytes': jnp.sum(strict),
+      'word_correct': jnp.sum(correct * word),
+      'word_masked_bytes': jnp.sum(word),
       'bert_correct': jnp.sum(correct * bert),
       'bert_masked_bytes': jnp.sum(bert),
       'count': jnp.sum(batch['mask'] * (1.0 - batch['scheme'])),
@@ -299,6 +308,8 @@ def eval_finalize(sums: dict[str, np.ndarray]) -> dict[str, float]:
     'masked_accuracy': float(sums['correct']) / masked,
     'loss': float(sums['loss_sum']) / masked,
     'masked_bytes': float(sums['masked_bytes']),
+    'word_masked_accuracy': float(sums['word_correct'])
+    / max(float(sums['word_masked_bytes']), 1.0),
     'bert_masked_accuracy': float(sums['bert_correct']) / bert_masked,
     'count': float(sums['count']),
   }

@@ -233,11 +233,17 @@ def tokenize(text, length: int) -> dict:
   return {'tokens': tokens, 'input_mask': tf.ensure_shape(input_mask, [length])}
 
 
-def word_ids(tokens):
+def word_ids(tokens, leading_space: bool = False):
   """Numbers the words of a byte-id sequence.
+
+  A word is a maximal run of non-whitespace bytes. With `leading_space`, the
+  one whitespace byte right before a word (if any) belongs to it, as the
+  word-start marker of a SentencePiece word does: masking a word then masks
+  " word", the span the released model fills best.
 
   Args:
     tokens: int32[S] byte ids.
+    leading_space: whether each word takes the whitespace byte before it.
 
   Returns:
     int32[S]: 0 for whitespace, padding and special ids; 1, 2, ... for the
@@ -252,7 +258,12 @@ def word_ids(tokens):
   in_word = tf.logical_and(tokens >= NUM_RESERVED, tf.logical_not(is_space))
   previous = tf.concat([[False], in_word[:-1]], axis=0)
   starts = tf.logical_and(in_word, tf.logical_not(previous))
-  return tf.cumsum(tf.cast(starts, tf.int32)) * tf.cast(in_word, tf.int32)
+  ids = tf.cumsum(tf.cast(starts, tf.int32)) * tf.cast(in_word, tf.int32)
+  if leading_space:
+    before_start = tf.concat([starts[1:], [False]], axis=0)
+    lead = tf.logical_and(before_start, is_space)
+    ids = tf.where(lead, tf.concat([ids[1:], [0]], axis=0), ids)
+  return ids
 
 
 def whole_word_mask(
@@ -261,6 +272,7 @@ def whole_word_mask(
   mask_prob: float = 0.15,
   mask_token_prob: float = 0.8,
   random_token_prob: float = 0.1,
+  leading_space: bool = False,
 ) -> dict:
   """BERT-style whole-word masking of one example.
 
@@ -275,6 +287,8 @@ def whole_word_mask(
     mask_prob: probability that a word is selected.
     mask_token_prob: share of selected words replaced by [MASK].
     random_token_prob: share of selected words replaced by random bytes.
+    leading_space: whether a word includes the whitespace byte before it
+      (`word_ids`).
 
   Returns:
     {'inputs', 'input_mask', 'targets': int32[S], 'weights': float32[S]}.
@@ -287,7 +301,7 @@ def whole_word_mask(
     )
   tokens = features['tokens']
   length = tf.shape(tokens)[0]
-  ids = word_ids(tokens)
+  ids = word_ids(tokens, leading_space)
   seeds = tf.random.experimental.stateless_split(seed, 3)
   # One draw per word id (ids run from 0 to at most S).
   word_draw = tf.random.stateless_uniform([length + 1], seeds[0])
@@ -328,6 +342,7 @@ def make_example(text, seed, data: ml_collections.ConfigDict) -> dict:
     mask_prob=data.mask_prob,
     mask_token_prob=data.mask_token_prob,
     random_token_prob=data.random_token_prob,
+    leading_space=data.get('mask_leading_space', False),
   )
 
 
@@ -519,16 +534,20 @@ def mask_texts(
   seed: int,
   mask_token_prob: float,
   random_token_prob: float,
+  mask_prob: float | None = None,
 ) -> dict:
   """Tokenizes and masks fixed texts (no crop); example i uses (seed, i).
 
-  Words are selected with `data.mask_prob`; the replacement shares are
-  given, so that an eval set can replace every selected word by [MASK].
+  Words are selected with `mask_prob` (default `data.eval_mask_prob`); the
+  replacement shares are given, so that an eval set can replace every
+  selected word by [MASK].
 
   Returns:
     A dict of numpy arrays [N, S] with the batch keys.
   """
   tf = _tf()
+  if mask_prob is None:
+    mask_prob = eval_mask_prob(data)
   ds = tf.data.Dataset.from_tensor_slices(tf.constant(list(texts), tf.string))
 
   def example(index, text):
@@ -536,13 +555,22 @@ def mask_texts(
     return whole_word_mask(
       features,
       _example_seed(seed, index),
-      mask_prob=data.mask_prob,
+      mask_prob=mask_prob,
       mask_token_prob=mask_token_prob,
       random_token_prob=random_token_prob,
+      leading_space=data.get('mask_leading_space', False),
     )
 
   ds = ds.enumerate().map(example).batch(max(len(texts), 1))
   return next(iter(ds.as_numpy_iterator()))
+
+
+def eval_mask_prob(data: ml_collections.ConfigDict) -> float:
+  """The share of words an eval set selects: `data.eval_mask_prob`, so
+  that eval figures stay comparable when training masks more; configs
+  without the key use `data.mask_prob`."""
+  value = data.get('eval_mask_prob')
+  return data.mask_prob if value is None else value
 
 
 def eval_arrays(
@@ -553,7 +581,8 @@ def eval_arrays(
 ) -> dict[str, np.ndarray]:
   """The whole eval set, masked once with a fixed seed.
 
-  Selected words are replaced as `data.eval_mask_token_prob` and
+  Words are selected with `eval_mask_prob(data)`, whatever share training
+  selects. Selected words are replaced as `data.eval_mask_token_prob` and
   `data.eval_random_token_prob` say (or the two arguments, when given); by
   default all by [MASK], so that `masked_accuracy` measures prediction from
   context alone (no unchanged words to copy). The same seed selects the same

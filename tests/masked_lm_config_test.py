@@ -67,6 +67,8 @@ class ConfigTest(parameterized.TestCase):
     self.assertEqual(config.data.docs_per_example, 10)
     self.assertEqual(config.data.seq_len, 2048)
     self.assertEqual(config.data.mask_prob, 0.15)
+    self.assertEqual(config.data.eval_mask_prob, 0.15)
+    self.assertTrue(config.data.mask_leading_space)
     model = config.model
     self.assertEqual((model.d_model, model.max_seq_len), (768, 2048))
     self.assertEqual(model.encoder.num_self_attends_per_block, 26)
@@ -78,6 +80,10 @@ class ConfigTest(parameterized.TestCase):
     config = masked_lm_config.get_config('local')
     self.assertEqual(config.data.source, 'pydoc')
     self.assertEqual(config.data.holdout_fraction, 0.1)
+    # Trains on 40% of the words; evaluates on 15%, every span " word".
+    self.assertEqual(config.data.mask_prob, 0.4)
+    self.assertEqual(config.data.eval_mask_prob, 0.15)
+    self.assertTrue(config.data.mask_leading_space)
 
   def test_unknown_variant(self):
     with self.assertRaisesRegex(ValueError, 'Unknown variant'):

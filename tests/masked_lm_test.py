@@ -201,6 +201,10 @@ class LossTest(absltest.TestCase):
     }
     # Example 2 (BERT scheme) shows its targets: a model can copy them.
     batch['weights'][2, 16:] = 0.0
+    # Spans' leading whitespace (space, newline) counts in masked_accuracy,
+    # not in word_masked_accuracy.
+    batch['targets'][0] = ord('x') + 6
+    batch['targets'][0, :3] = [ord(' ') + 6, ord('\n') + 6, ord(' ') + 6]
     params, state = model.init(
       jax.random.PRNGKey(0),
       inputs=batch['inputs'],
@@ -216,6 +220,10 @@ class LossTest(absltest.TestCase):
     )
     self.assertAlmostEqual(
       results['bert_masked_accuracy'], float(sums['bert_correct']) / 16.0
+    )
+    self.assertEqual(float(sums['word_masked_bytes']), 29.0)
+    self.assertAlmostEqual(
+      results['word_masked_accuracy'], float(sums['word_correct']) / 29.0
     )
 
   def test_eval_set_has_both_schemes_on_the_same_words(self):

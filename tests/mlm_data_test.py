@@ -119,6 +119,26 @@ class ByteOpsTest(parameterized.TestCase):
     ids = mlm_data.word_ids(features('ab  cd\ne', 10)['tokens']).numpy()
     np.testing.assert_array_equal(ids, [1, 1, 0, 0, 2, 2, 0, 3, 0, 0])
 
+  def test_word_ids_with_leading_space(self):
+    # Each word takes the one whitespace byte before it, not the one after,
+    # and not the first of two spaces.
+    ids = mlm_data.word_ids(
+      features('ab  cd\ne', 10)['tokens'], leading_space=True
+    ).numpy()
+    np.testing.assert_array_equal(ids, [1, 1, 0, 2, 2, 2, 3, 3, 0, 0])
+
+  def test_everything_masked_with_leading_space(self):
+    out = mlm_data.whole_word_mask(
+      features('the cat sat', 12),
+      tf.constant([0, 1]),
+      mask_prob=1.0,
+      mask_token_prob=1.0,
+      random_token_prob=0.0,
+      leading_space=True,
+    )
+    np.testing.assert_array_equal(out['inputs'].numpy(), [3] * 11 + [0])
+    np.testing.assert_array_equal(out['weights'].numpy(), [1] * 11 + [0])
+
   def test_everything_masked(self):
     out = mlm_data.whole_word_mask(
       features('the cat sat', 12),
@@ -249,6 +269,38 @@ class StreamTest(parameterized.TestCase):
     self.assertLen(batches, -(-n // 8))
     self.assertEqual(sum(b['mask'].sum() for b in batches), n)
     self.assertTrue(all(b['inputs'].shape == (8, 32) for b in batches))
+
+  def test_eval_selects_its_own_share_of_words(self):
+    # Training may select more words; the eval set keeps eval_mask_prob.
+    arrays = mlm_data.eval_arrays(self.data, seed=3)
+    trained_harder = self.data.copy_and_resolve_references()
+    trained_harder.mask_prob = 0.6
+    again = mlm_data.eval_arrays(trained_harder, seed=3)
+    for key in arrays:
+      np.testing.assert_array_equal(arrays[key], again[key])
+    # Without the key, the eval set follows mask_prob.
+    legacy = self.data.copy_and_resolve_references()
+    del legacy['eval_mask_prob']
+    legacy.mask_prob = 0.6
+    more = mlm_data.eval_arrays(legacy, seed=3)
+    self.assertGreater(more['weights'].sum(), 2 * arrays['weights'].sum())
+
+  def test_eval_spans_take_their_leading_space(self):
+    arrays = mlm_data.eval_arrays(self.data, seed=3)
+    space = ord(' ') + mlm_data.NUM_RESERVED
+    selected = arrays['weights'] > 0
+    self.assertTrue(np.any(arrays['targets'][selected] == space))
+    no_space = self.data.copy_and_resolve_references()
+    no_space.mask_leading_space = False
+    words = mlm_data.eval_arrays(no_space, seed=3)
+    self.assertFalse(np.any(words['targets'][words['weights'] > 0] == space))
+    # The same words: the spans differ only by their leading whitespace.
+    separator = np.isin(
+      arrays['targets'], np.array(mlm_data.WHITESPACE_BYTES) + 6
+    )
+    np.testing.assert_array_equal(
+      words['weights'], arrays['weights'] * ~separator
+    )
 
 
 class WindowAndDisplayTest(absltest.TestCase):
