@@ -258,7 +258,8 @@ def make_eval_fn(model) -> Callable:
   word replaced by [MASK] (`masked_accuracy`, `loss`), and `scheme` 1 with
   the training (BERT) replacement shares (`bert_masked_accuracy`: some
   selected words stay unchanged and can be copied, as in BERT's usual MLM
-  accuracy).
+  accuracy). `word_masked_accuracy` is `masked_accuracy` without the
+  whitespace bytes that selected words take along (`mask_leading_space`).
   """
 
   def eval_fn(params, state, batch):
