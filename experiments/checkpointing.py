@@ -26,7 +26,9 @@ CHECKPOINT_SUBDIR = 'checkpoints'
 class Checkpointer:
   """Saves and restores `TrainState`s under `<workdir>/checkpoints`."""
 
-  def __init__(self, workdir: str, keep: int = 3):
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+    """Args: `keep` newest checkpoints are kept; with `async_save`, `save`
+    returns while the files are written in the background."""
     # Orbax needs absolute paths; users pass relative workdirs.
     self.directory = _absolute(workdir) / CHECKPOINT_SUBDIR
     self._manager = ocp.CheckpointManager(
@@ -35,7 +37,7 @@ class Checkpointer:
         max_to_keep=keep,
         create=True,
         cleanup_tmp_directories=True,
-        enable_async_checkpointing=True,
+        enable_async_checkpointing=async_save,
       ),
       item_handlers={_ITEM: ocp.StandardCheckpointHandler()},
     )

@@ -39,6 +39,8 @@ def add_trainer_fields(
     eval_every_steps=1000,
     checkpoint_every_steps=1000,
     checkpoint_keep=3,
+    # Saves run in the background (orbax async); False waits for each.
+    checkpoint_async=True,
     init_from='',
     mode='train',
     grad_accum_steps=1,

@@ -448,7 +448,9 @@ def train_and_evaluate(
   batch_sharding = parallel.batch_sharding(mesh)
 
   ckpt = checkpointing.Checkpointer(
-    workdir, keep=config.get('checkpoint_keep', 3)
+    workdir,
+    keep=config.get('checkpoint_keep', 3),
+    async_save=config.get('checkpoint_async', True),
   )
   # Pending async saves finish, and files close, even when the loop fails.
   with contextlib.closing(ckpt), contextlib.closing(writer):

@@ -53,6 +53,20 @@ class CheckpointerTest(absltest.TestCase):
       jax.tree.structure(_train_state().opt_state),
     )
 
+  def test_synchronous_save_is_complete_on_return(self):
+    workdir = self.create_tempdir().full_path
+    ckpt = checkpointing.Checkpointer(workdir, async_save=False)
+    ckpt.save(4, _train_state(scale=4.0))
+    # No wait(): the files are final when save returns.
+    self.assertEqual(
+      os.listdir(os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR)),
+      ['4'],
+    )
+    abstract = jax.eval_shape(_train_state)
+    restored = ckpt.restore(4, abstract, _shardings(abstract))
+    ckpt.close()
+    np.testing.assert_array_equal(restored.params['linear']['w'], 4.0)
+
   def test_half_written_checkpoint_is_ignored(self):
     workdir = self.create_tempdir().full_path
     ckpt = checkpointing.Checkpointer(workdir)

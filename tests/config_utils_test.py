@@ -25,6 +25,7 @@ class AddTrainerFieldsTest(absltest.TestCase):
       'grad_accum_steps',
       'eval_batch_size',
       'checkpoint_keep',
+      'checkpoint_async',
     ):
       self.assertIn(key, config)
     self.assertEqual(config.optimizer.name, 'lamb')
