@@ -35,6 +35,18 @@ def features(text, length):
   return mlm_data.tokenize(tf.constant(text.encode('utf-8')), length)
 
 
+def mask_every_word(text, length, **kwargs):
+  """`whole_word_mask` selecting every word and replacing it by [MASK]."""
+  return mlm_data.whole_word_mask(
+    features(text, length),
+    tf.constant([0, 1]),
+    mask_prob=1.0,
+    mask_token_prob=1.0,
+    random_token_prob=0.0,
+    **kwargs,
+  )
+
+
 class ConstantsTest(absltest.TestCase):
   def test_ids_agree_with_the_tokenizer(self):
     tokenizer = bytes_tokenizer.BytesTokenizer()
@@ -128,25 +140,12 @@ class ByteOpsTest(parameterized.TestCase):
     np.testing.assert_array_equal(ids, [1, 1, 0, 2, 2, 2, 3, 3, 0, 0])
 
   def test_everything_masked_with_leading_space(self):
-    out = mlm_data.whole_word_mask(
-      features('the cat sat', 12),
-      tf.constant([0, 1]),
-      mask_prob=1.0,
-      mask_token_prob=1.0,
-      random_token_prob=0.0,
-      leading_space=True,
-    )
+    out = mask_every_word('the cat sat', 12, leading_space=True)
     np.testing.assert_array_equal(out['inputs'].numpy(), [3] * 11 + [0])
     np.testing.assert_array_equal(out['weights'].numpy(), [1] * 11 + [0])
 
   def test_everything_masked(self):
-    out = mlm_data.whole_word_mask(
-      features('the cat sat', 12),
-      tf.constant([0, 1]),
-      mask_prob=1.0,
-      mask_token_prob=1.0,
-      random_token_prob=0.0,
-    )
+    out = mask_every_word('the cat sat', 12)
     space = ord(' ') + 6
     np.testing.assert_array_equal(
       out['inputs'].numpy(), [3, 3, 3, space, 3, 3, 3, space, 3, 3, 3, 0]
