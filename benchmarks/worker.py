@@ -144,8 +144,6 @@ def run(spec):
       'forward': (workload.compile_forward, workload.forward),
       'train': (workload.compile_train, workload.train_step),
     }[mode]
-    # Progress on stderr: run.py --device streams it, so a worker that runs
-    # out of time still shows which variant and stage it was in.
     _progress(spec, f'{mode}: compiling')
     start = time.perf_counter()
     compiled = compile_fn()

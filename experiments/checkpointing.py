@@ -3,7 +3,7 @@
 A checkpoint is written to a temporary directory and renamed when complete,
 so a SIGKILL during a save leaves the previous checkpoints intact and the
 half-written one is ignored (and cleaned up) on restart. Saves run in the
-background; `close()` waits for them.
+background unless `async_save=False`; `close()` waits for them.
 
 Layout: `<workdir>/checkpoints/<step>/train_state/...`, holding the
 `trainer.TrainState` as a dict (`step`, `params`, `state`, `opt_state`).
@@ -27,8 +27,14 @@ class Checkpointer:
   """Saves and restores `TrainState`s under `<workdir>/checkpoints`."""
 
   def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
-    """Args: `keep` newest checkpoints are kept; with `async_save`, `save`
-    returns while the files are written in the background."""
+    """Opens (or creates) `<workdir>/checkpoints`.
+
+    Args:
+      workdir: the run's directory, relative or absolute.
+      keep: how many of the newest checkpoints to keep.
+      async_save: whether `save` returns while its files are written in the
+        background; False makes each save final when it returns.
+    """
     # Orbax needs absolute paths; users pass relative workdirs.
     self.directory = _absolute(workdir) / CHECKPOINT_SUBDIR
     self._manager = ocp.CheckpointManager(

@@ -39,7 +39,10 @@ def add_trainer_fields(
     eval_every_steps=1000,
     checkpoint_every_steps=1000,
     checkpoint_keep=3,
-    # Saves run in the background (orbax async); False waits for each.
+    # Saves run in the background (orbax async); False waits for each. Tests
+    # under tfds.testing.mock_data need False: while it builds a dataset it
+    # swaps in a process-wide mock file system, and a background write that
+    # runs then lands in the mock and fails.
     checkpoint_async=True,
     init_from='',
     mode='train',

@@ -534,20 +534,17 @@ def mask_texts(
   seed: int,
   mask_token_prob: float,
   random_token_prob: float,
-  mask_prob: float | None = None,
 ) -> dict:
   """Tokenizes and masks fixed texts (no crop); example i uses (seed, i).
 
-  Words are selected with `mask_prob` (default `data.eval_mask_prob`); the
-  replacement shares are given, so that an eval set can replace every
-  selected word by [MASK].
+  Words are selected with `eval_mask_prob(data)`; the replacement shares
+  are given, so that an eval set can replace every selected word by [MASK].
 
   Returns:
     A dict of numpy arrays [N, S] with the batch keys.
   """
   tf = _tf()
-  if mask_prob is None:
-    mask_prob = eval_mask_prob(data)
+  mask_prob = eval_mask_prob(data)
   ds = tf.data.Dataset.from_tensor_slices(tf.constant(list(texts), tf.string))
 
   def example(index, text):

@@ -22,9 +22,7 @@ from experiments import trainer
 
 def tiny_glue_config(task, **overrides):
   config = glue_config.get_config(f'task={task},variant=local,tiny')
-  # tfds.testing.mock_data swaps in a process-wide mock file system while
-  # it builds a dataset; a background save writing then lands in the mock
-  # and fails. Saves wait here (the async path is tested on real files).
+  # Synchronous saves under tfds' mock file system (see config_utils).
   config.checkpoint_async = False
   config.update(overrides)
   return config

@@ -164,9 +164,7 @@ class MockImagenetTest(absltest.TestCase):
     config.eval_every_steps = 6
     config.log_every_steps = 2
     config.checkpoint_every_steps = 3
-    # tfds.testing.mock_data swaps in a process-wide mock file system while
-    # it builds a dataset; a background save writing then lands in the mock
-    # and fails. Saves wait here (the async path is tested on real files).
+    # Synchronous saves under tfds' mock file system (see config_utils).
     config.checkpoint_async = False
     config.data.num_train_examples = 20
     # One RandAugment layer keeps graph tracing short; the ops themselves

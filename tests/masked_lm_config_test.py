@@ -97,9 +97,7 @@ class PaperRunTest(absltest.TestCase):
     config.eval_every_steps = 2
     config.log_every_steps = 1
     config.checkpoint_every_steps = 2
-    # tfds.testing.mock_data swaps in a process-wide mock file system while
-    # it builds a dataset; a background save writing then lands in the mock
-    # and fails. Saves wait here (the async path is tested on real files).
+    # Synchronous saves under tfds' mock file system (see config_utils).
     config.checkpoint_async = False
     workdir = self.create_tempdir().full_path
     with tfds.testing.mock_data(num_examples=16):
