@@ -79,7 +79,7 @@ def _check_dropout(dropout_prob, dropout_rng):
     raise ValueError('attend needs dropout_rng when dropout_prob > 0.')
 
 
-def _wipe_masked_rows(out, q_mask, kv_mask):
+def wipe_masked_rows(out, q_mask, kv_mask):
   """Zeros the outputs of queries that may attend to no key."""
   keep = None
   if kv_mask is not None:
@@ -134,7 +134,7 @@ def attend_einsum(
   out = jnp.einsum('bhnm,bhmd->bhnd', weights.astype(v.dtype), v)
   out = jnp.swapaxes(out, 1, 2)  # [B, N, H, Dv]
   out = jnp.reshape(out, (batch, num_q, num_heads * v.shape[-1]))
-  return _wipe_masked_rows(out, q_mask, kv_mask)
+  return wipe_masked_rows(out, q_mask, kv_mask)
 
 
 def _cudnn_max_head_dim():
@@ -199,7 +199,7 @@ def attend_dot_product(q, k, v, *, q_mask=None, kv_mask=None, use_cudnn=None):
   )  # [B, N, H, max(D, Dv)]
   out = out[..., :value_dim]
   out = jnp.reshape(out, (batch, num_q, num_heads * value_dim))
-  return _wipe_masked_rows(out, q_mask, kv_mask)
+  return wipe_masked_rows(out, q_mask, kv_mask)
 
 
 def resolve_implementation(
@@ -292,7 +292,7 @@ def attend(
     q_chunk_size=q_chunk_size,
     kv_chunk_size=kv_chunk_size,
   )  # [B, N, H * Dv]
-  return _wipe_masked_rows(out, q_mask, kv_mask)
+  return wipe_masked_rows(out, q_mask, kv_mask)
 
 
 def attend_projected(
@@ -349,4 +349,4 @@ def attend_projected(
     q_chunk_size=q_chunk_size,
     kv_chunk_size=kv_chunk_size,
   )  # [B, N, H * Dv]
-  return _wipe_masked_rows(out, q_mask, kv_mask)
+  return wipe_masked_rows(out, q_mask, kv_mask)

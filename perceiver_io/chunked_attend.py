@@ -20,7 +20,7 @@ each block is projected once per pass.
 
 Masked keys get the logit `MASK_VALUE`, like DeepMind's code; padding keys that
 fill the last block are masked the same way. The caller zeros the rows whose
-keys are all masked (`attend._wipe_masked_rows`).
+keys are all masked (`attend.wipe_masked_rows`).
 """
 
 import dataclasses
@@ -34,6 +34,9 @@ from jax import lax
 
 DEFAULT_Q_CHUNK_SIZE = 1024
 DEFAULT_KV_CHUNK_SIZE = 2048
+# On a CPU, a single-block forward pass (not differentiated) over at most this
+# many (example, head) pairs computes them one by one (`_forward_heads_apart`).
+MAX_HEADS_APART = 16
 
 # DeepMind's code fills masked logits with -1e30. The chunked path keeps its
 # logits and softmax statistics in float32, where -1e30 is finite.
@@ -126,6 +129,8 @@ class _Config:
   # Of the projected path's values (the other path reads them from v).
   value_dim: int = 0
   value_dtype: str = 'float32'
+  # One block, computed one (example, head) at a time: see `_forward`.
+  heads_apart: bool = False
 
 
 def _slice(x, start, size, axis=2):
@@ -254,6 +259,8 @@ def _merge_blocks(x, batch, heads):
 def _forward(cfg, q, k, v, valid, seeds):
   """Returns out [B, H, Np, Dv] (v's dtype) and float32 lse [B, H, Np]."""
   batch, heads, _, _ = q.shape
+  if cfg.heads_apart:
+    return _forward_heads_apart(cfg, q, k, v, valid)
 
   def q_step(_, qi):
     q_start = qi * cfg.q_block
@@ -282,12 +289,50 @@ def _forward(cfg, q, k, v, valid, seeds):
   return _merge_blocks(out, batch, heads), _merge_blocks(lse, batch, heads)
 
 
+def _forward_heads_apart(cfg, q, k, v, valid):
+  """`_forward` of a single block, one (example, head) at a time.
+
+  XLA's CPU backend runs a batched product of [B, H] small matrices slower
+  than B * H separate products, each of which it spreads over the threads.
+  With the softmax of each head in between and the normalisation applied to
+  the [Q, Dv] output instead of the [Q, K] weights, an ImageNet latent
+  layer's attention (8 heads, 512 x 512, 128 channels) took 6.3 ms instead of
+  7.5 (medians of 50, this repository's 2-core development machine).
+  """
+  batch, heads, _, _ = q.shape
+  outs, lses = [], []
+  for b in range(batch):
+    for h in range(heads):
+      s = jnp.dot(
+        q[b, h] * jnp.asarray(cfg.scale, q.dtype),
+        k[b, h].T,
+        preferred_element_type=jnp.float32,
+      )  # [Q, K]
+      if cfg.masked:
+        s = jnp.where(valid[b][None, :], s, jnp.float32(MASK_VALUE))
+      m = jnp.max(s, axis=-1)
+      p = jnp.exp(s - m[:, None])
+      denom = jnp.sum(p, axis=-1)
+      out = jnp.dot(
+        p.astype(v.dtype), v[b, h], preferred_element_type=jnp.float32
+      )  # [Q, Dv]
+      outs.append((out / denom[:, None]).astype(v.dtype))
+      lses.append(m + jnp.log(denom))
+  out = jnp.stack(outs).reshape((batch, heads) + outs[0].shape)
+  lse = jnp.stack(lses).reshape((batch, heads) + lses[0].shape)
+  return out, lse
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attend_blocks(cfg, q, k, v, valid, seeds):
   return _forward(cfg, q, k, v, valid, seeds)[0]
 
 
 def _attend_blocks_fwd(cfg, q, k, v, valid, seeds):
+  # Under differentiation the heads stay batched: computed apart, the
+  # training step of the masked-LM latents (2 x 8 heads of 256 x 256) went
+  # from 15 to 17-18.6 ms per layer.
+  cfg = dataclasses.replace(cfg, heads_apart=False)
   out, lse = _forward(cfg, q, k, v, valid, seeds)
   return out, (q, k, v, valid, seeds, out, lse)
 
@@ -538,6 +583,13 @@ def chunked_attend(
   cfg = _config(
     q.shape, num_kv, kv_mask, dropout_prob, q_chunk_size, kv_chunk_size
   )
+  if (
+    cfg.num_q_blocks == cfg.num_kv_blocks == 1
+    and dropout_prob == 0.0
+    and q.shape[0] * q.shape[2] <= MAX_HEADS_APART
+    and jax.default_backend() == 'cpu'
+  ):
+    cfg = dataclasses.replace(cfg, heads_apart=True)
   q, valid, seeds = _prepare(cfg, q, num_kv, kv_mask, dropout_prob, dropout_rng)
   padded_kv = cfg.kv_block * cfg.num_kv_blocks
   k = _pad_axis(jnp.swapaxes(k, 1, 2), 2, padded_kv)

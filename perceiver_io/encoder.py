@@ -142,7 +142,7 @@ class PerceiverEncoder(hk.Module):
     """Encodes.
 
     Args:
-      inputs: [B, M, C] preprocessed inputs.
+      inputs: [B, M, C] preprocessed inputs, or a `grid_attend.GridInputs`.
       z: [B, N, D] initial latents, from `latents`.
       is_training: enables dropout.
       input_mask: optional [B, M]; inputs with 0 are not attended to.

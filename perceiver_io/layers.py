@@ -23,6 +23,7 @@ from jax import lax
 
 from perceiver_io import attend as attend_lib
 from perceiver_io import chunked_attend
+from perceiver_io import grid_attend
 from perceiver_io.layer_norm import layer_norm
 
 COMPUTE_DTYPES = (None, 'float32', 'bfloat16', 'float16')
@@ -211,6 +212,18 @@ def projects_kv_in_blocks(spec, x_q, x_kv, kv_mask=None, is_training=False):
   return impl == 'chunked'
 
 
+def uses_grid_attend(spec, is_training=False):
+  """Whether `cross_attention` runs `grid_attend` on `GridInputs`.
+
+  It does for the 'auto' and 'chunked' attention implementations, without
+  attention dropout; otherwise it materialises the inputs first ('einsum' is
+  the reference, 'dot_product' asks for `jax.nn.dot_product_attention`).
+  """
+  return spec.attention_impl in ('auto', 'chunked') and not (
+    _attn_rate(spec, is_training) > 0.0
+  )
+
+
 def _mlp(spec, w1, b1, w2, b2, x):
   h = jax.nn.gelu(_dense(x, w1, b1, spec.dtype))
   return _dense(h, w2, b2, spec.dtype)
@@ -263,7 +276,8 @@ def cross_attention(
     spec: the layer's static settings.
     w: its `CrossAttentionWeights`.
     x_q: [B, N, Cq] queries.
-    x_kv: [B, M, Ckv] keys and values.
+    x_kv: [B, M, Ckv] keys and values, or a `grid_attend.GridInputs` that
+      stands for them (see `uses_grid_attend`).
     is_training: enables dropout.
     q_mask: optional [B, N].
     kv_mask: optional [B, M].
@@ -289,7 +303,16 @@ def cross_attention(
 
   chunk = spec.query_chunk_size
   chunk_queries = bool(chunk and x_q.shape[1] > chunk and rng is None)
-  if not chunk_queries and projects_kv_in_blocks(
+  on_grid = isinstance(x_kv, grid_attend.GridInputs)
+  if on_grid and not uses_grid_attend(spec, is_training):
+    x_kv, on_grid = x_kv.materialize(), False
+  if on_grid:
+
+    def attention(q, q_mask):
+      out = grid_attend.grid_attend(q, x_kv, *kv_params, kv_mask=kv_mask)
+      return attend_lib.wipe_masked_rows(out, q_mask, kv_mask)
+
+  elif not chunk_queries and projects_kv_in_blocks(
     spec, x_q, x_kv, kv_mask, is_training
   ):
     attn_rate = _attn_rate(spec, is_training)

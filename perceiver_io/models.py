@@ -135,6 +135,7 @@ def _imagenet_config(name):
       spatial_downsample=1,
       position_encoding_type='fourier',
       fourier_position_encoding_kwargs=_fourier(64, (224, 224)),
+      grid_inputs=True,
     )
     decoder = _imagenet_decoder(use_query_residual=True)
   elif name == IMAGENET_LEARNED:
@@ -156,6 +157,7 @@ def _imagenet_config(name):
       spatial_downsample=4,
       position_encoding_type='fourier',
       fourier_position_encoding_kwargs=_fourier(64, (56, 56)),
+      grid_inputs=True,
     )
     decoder = _imagenet_decoder(use_query_residual=True)
   return dict(
@@ -180,6 +182,7 @@ def _flow_config():
       n_extra_pos_mlp=0,
       position_encoding_type='fourier',
       fourier_position_encoding_kwargs=_fourier(64, train_size),
+      grid_inputs=True,
     ),
     encoder=_encoder(
       num_self_attends_per_block=24,

@@ -6,6 +6,8 @@ channels, O outputs.
 
 import haiku as hk
 
+from perceiver_io import grid_attend
+
 
 class Perceiver(hk.Module):
   """Wires a preprocessor, an encoder, a decoder and a postprocessor.
@@ -60,9 +62,14 @@ class Perceiver(hk.Module):
     else:
       modality_sizes, inputs_without_pos = None, None
 
-    encoder_query = self._encoder.latents(inputs)  # [B, N, D]
+    # Grid inputs reach the encoder as they are; everything else gets the
+    # [B, M, C] array, which XLA drops again when only its shape is read.
+    dense_inputs = inputs
+    if isinstance(inputs, grid_attend.GridInputs):
+      dense_inputs = inputs.materialize()
+    encoder_query = self._encoder.latents(dense_inputs)  # [B, N, D]
     decoder_query = self._decoder.decoder_query(
-      inputs,
+      dense_inputs,
       modality_sizes,
       inputs_without_pos,
       subsampled_points=subsampled_output_points,
@@ -71,7 +78,7 @@ class Perceiver(hk.Module):
     z = self._encoder(
       inputs, encoder_query, is_training=is_training, input_mask=input_mask
     )  # [B, N, D]
-    _, output_modality_sizes = self._decoder.output_shape(inputs)
+    _, output_modality_sizes = self._decoder.output_shape(dense_inputs)
     output_modality_sizes = output_modality_sizes or modality_sizes
     outputs = self._decoder(
       decoder_query, z, is_training=is_training, query_mask=query_mask

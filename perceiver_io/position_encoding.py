@@ -122,6 +122,49 @@ def fourier_num_channels(num_dims, num_bands, concat_pos=True, sine_only=False):
   return width + (num_dims if concat_pos else 0)
 
 
+def fourier_grid_tables(
+  index_dims, num_bands, max_resolution, concat_pos=True, sine_only=False
+):
+  """Per-axis tables of `generate_fourier_features` on the default grid.
+
+  Args:
+    index_dims: the grid, (S_0, ..., S_{d-1}).
+    num_bands: K, frequency bands per axis.
+    max_resolution: d resolutions that set the top frequency of each axis.
+    concat_pos: whether the features start with the raw positions.
+    sine_only: whether the cosines are dropped.
+
+  Returns:
+    d arrays [S_a, Cp]. Summed over the grid (`GridInputs.positions`) they
+    equal `generate_fourier_features` of `build_linear_positions(index_dims)`
+    bit for bit: each entry is computed by the same operations, and the other
+    axes contribute exact zeros.
+  """
+  num_dims = len(index_dims)
+  blocks = (['pos'] if concat_pos else []) + (
+    ['sin'] if sine_only else ['sin', 'cos']
+  )
+  # The axis of every channel: [pos (d)], [sin (d*K, axis-major)], [cos].
+  channel_axis = np.concatenate(
+    [
+      np.arange(num_dims)
+      if block == 'pos'
+      else np.repeat(np.arange(num_dims), num_bands)
+      for block in blocks
+    ]
+  )
+  tables = []
+  for axis, size in enumerate(index_dims):
+    coords = jnp.linspace(-1.0, 1.0, num=size, endpoint=True, dtype=jnp.float32)
+    pos = jnp.zeros((size, num_dims), jnp.float32).at[:, axis].set(coords)
+    features = generate_fourier_features(
+      pos, num_bands, max_resolution, concat_pos, sine_only
+    )  # [S_a, Cp]
+    keep = jnp.asarray(channel_axis == axis)
+    tables.append(jnp.where(keep, features, jnp.zeros_like(features)))
+  return tuple(tables)
+
+
 class TrainablePositionEncoding(hk.Module):
   """A learned [M, C] table, parameter `pos_embs`."""
 
@@ -249,6 +292,21 @@ class FourierPositionEncoding(hk.Module):
         f'{pos.shape}.'
       )
     return jax.vmap(self._parts)(pos)
+
+  def grid_tables(self):
+    """`fourier_grid_tables` of the default grid: d arrays [S_a, C]."""
+    if self._index_dims is None:
+      raise ValueError(
+        'FourierPositionEncoding was built without index_dims, so it has no '
+        'grid.'
+      )
+    return fourier_grid_tables(
+      self._index_dims,
+      self._num_bands,
+      self._max_resolution,
+      self._concat_pos,
+      self._sine_only,
+    )
 
   def _parts(self, pos):
     return fourier_feature_parts(

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from perceiver_io import grid_attend
 from perceiver_io import patching
 from perceiver_io import position_encoding
 
@@ -90,6 +91,7 @@ class _PositionalPreprocessor(hk.Module):
     concat_or_add_pos,
     position_encoding_kwargs,
     name,
+    grid_inputs=False,
   ):
     super().__init__(name=name)
     _check_concat_or_add(concat_or_add_pos)
@@ -102,6 +104,7 @@ class _PositionalPreprocessor(hk.Module):
     self._n_extra_pos_mlp = n_extra_pos_mlp
     self._concat_or_add_pos = concat_or_add_pos
     self._position_encoding_kwargs = position_encoding_kwargs
+    self._grid_inputs = grid_inputs
 
   def _build_network_inputs(self, inputs, pos, network_input_is_1d=True):
     """Adds position encodings to [B, *index_dims, C] features."""
@@ -114,6 +117,16 @@ class _PositionalPreprocessor(hk.Module):
       index_dims=index_dims,
       **self._position_encoding_kwargs,
     )
+    if (
+      self._grid_inputs
+      and pos is None
+      and self._concat_or_add_pos == 'concat'
+      and not self._n_extra_pos_mlp
+      and network_input_is_1d
+      and isinstance(encoding, position_encoding.FourierPositionEncoding)
+    ):
+      # The Fourier features stay per-axis tables (`grid_attend`).
+      return grid_attend.GridInputs(inputs, encoding.grid_tables()), inputs
     if (
       self._concat_or_add_pos == 'concat'
       and not self._n_extra_pos_mlp
@@ -156,6 +169,7 @@ class ImagePreprocessor(_PositionalPreprocessor):
     conv_after_patching: bool = False,
     conv2d_use_batchnorm: bool = True,
     concat_or_add_pos: str = 'concat',
+    grid_inputs: bool = False,
     name: str | None = None,
     **position_encoding_kwargs,
   ):
@@ -165,6 +179,7 @@ class ImagePreprocessor(_PositionalPreprocessor):
       concat_or_add_pos,
       position_encoding_kwargs,
       name,
+      grid_inputs=grid_inputs,
     )
     if prep_type not in IMAGE_PREP_TYPES:
       raise ValueError(
@@ -211,6 +226,8 @@ class ImagePreprocessor(_PositionalPreprocessor):
 
     Returns:
       ([B, M, C'] features with positions, None, [B, M, C''] features).
+      With `grid_inputs` and Fourier features concatenated on the default
+      grid, the first is a `grid_attend.GridInputs` that stands for them.
     """
     if inputs.ndim not in (4, 5):
       raise ValueError(

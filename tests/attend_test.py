@@ -1,5 +1,7 @@
 """Every attention path against the einsum reference, forward and gradient."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,6 +123,29 @@ class AttendEquivalenceTest(parameterized.TestCase):
       kv_chunk_size=kv_chunk,
     )
     np.testing.assert_allclose(got, want, atol=2e-6, rtol=1e-5)
+
+  @parameterized.parameters(jnp.float32, jnp.bfloat16)
+  def test_heads_apart_equals_batched_heads(self, dtype):
+    # A single-block forward on a CPU runs one (example, head) at a time.
+    q, k, v = (x.astype(dtype) for x in _inputs())
+    _, kv_mask = _masks(2, q.shape[1], k.shape[1])
+    cfg = chunked_attend._config(q.shape, k.shape[1], kv_mask, 0.0, 64, 64)
+    self.assertEqual((cfg.num_q_blocks, cfg.num_kv_blocks), (1, 1))
+    args = (
+      jnp.swapaxes(q, 1, 2),
+      jnp.swapaxes(k, 1, 2),
+      jnp.swapaxes(v, 1, 2),
+      kv_mask != 0,
+      jnp.zeros((2,), jnp.uint32),
+    )
+    apart = dataclasses.replace(cfg, heads_apart=True)
+    out, lse = jax.jit(chunked_attend._forward, static_argnums=0)(apart, *args)
+    want_out, want_lse = chunked_attend._forward(cfg, *args)
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    np.testing.assert_allclose(
+      out.astype(jnp.float32), want_out.astype(jnp.float32), atol=tol
+    )
+    np.testing.assert_allclose(lse, want_lse, atol=tol, rtol=tol)
 
   def test_bfloat16_inputs_stay_close(self):
     q, k, v = (x.astype(jnp.bfloat16) for x in _inputs(value_dim=8))
