@@ -462,8 +462,18 @@ def grid_attend(
   # The LayerNorm statistics of every input.
   pos_sum, pos_sq = _position_statistics(tables)  # [S_0, ...]
   mean = (jnp.sum(content, -1) + pos_sum.reshape(-1)) / channels  # [B, M]
-  mean_sq = (jnp.sum(content * content, -1) + pos_sq.reshape(-1)) / channels
-  variance = jnp.maximum(mean_sq - mean * mean, 0.0)
+  # Squared deviations from the mean: the content's summed directly, the
+  # positions' from their sums (sum (p - mu)^2 = sum p^2 - 2 mu sum p + Cp mu^2).
+  centred = content - mean[..., None]  # [B, M, Cc]
+  pos_channels = channels - content_channels
+  pos_dev = (
+    pos_sq.reshape(-1)
+    - 2.0 * mean * pos_sum.reshape(-1)
+    + pos_channels * mean * mean
+  )  # [B, M]
+  variance = jnp.maximum(
+    (jnp.sum(centred * centred, -1) + pos_dev) / channels, 0.0
+  )
   rstd = lax.rsqrt(variance + f32(layer_norm_lib.EPS))  # [B, M]
 
   # Each query's side of the logits.

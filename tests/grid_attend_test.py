@@ -116,6 +116,14 @@ class GridAttendTest(parameterized.TestCase):
     self.assertTrue(np.all(np.isfinite(out)))
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
 
+  def test_content_far_from_zero(self):
+    q, x, weights = _problem((5, 6))
+    x = grid_attend.GridInputs(x.content * 0.01 + 500.0, x.tables)
+    out = grid_attend.grid_attend(q, x, *weights, block_size=6)
+    np.testing.assert_allclose(
+      out, _reference(q, x, weights), rtol=1e-4, atol=1e-4
+    )
+
   def test_bad_inputs_name_the_problem(self):
     q, x, weights = _problem((4, 5))
     with self.assertRaisesRegex(ValueError, 'grid .* holds 20 inputs'):
