@@ -219,8 +219,9 @@ def uses_grid_attend(spec, is_training=False):
   attention dropout; otherwise it materialises the inputs first ('einsum' is
   the reference, 'dot_product' asks for `jax.nn.dot_product_attention`).
   """
-  return spec.attention_impl in ('auto', 'chunked') and not (
-    _attn_rate(spec, is_training) > 0.0
+  return (
+    spec.attention_impl in ('auto', 'chunked')
+    and _attn_rate(spec, is_training) == 0.0
   )
 
 

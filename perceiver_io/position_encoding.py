@@ -155,7 +155,7 @@ def fourier_grid_tables(
   )
   tables = []
   for axis, size in enumerate(index_dims):
-    coords = jnp.linspace(-1.0, 1.0, num=size, endpoint=True, dtype=jnp.float32)
+    coords = build_linear_positions((size,))[:, 0]  # [S_a]
     pos = jnp.zeros((size, num_dims), jnp.float32).at[:, axis].set(coords)
     features = generate_fourier_features(
       pos, num_bands, max_resolution, concat_pos, sine_only
