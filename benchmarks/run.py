@@ -55,6 +55,14 @@ flags.DEFINE_multi_string('override', [], 'model.config key=value (Python).')
 flags.DEFINE_integer('repeats', 3, 'Timed calls per figure (median).')
 flags.DEFINE_integer('rounds', 1, 'How many times to alternate the impls.')
 flags.DEFINE_bool('device', False, 'GPU mode: f32/bf16 x auto/chunked.')
+flags.DEFINE_list(
+  'device_variants',
+  None,
+  'With --device, the variants to measure instead of the default three, '
+  "each '<compute_dtype>:<attention_impl>[:<key>=<value>]', the last a model "
+  'config override of that variant alone, e.g. float32:auto,'
+  'float32:auto:input_preprocessor.grid_inputs=False.',
+)
 flags.DEFINE_bool(
   'interleave',
   False,
@@ -79,6 +87,23 @@ DEVICE_VARIANTS = (
   ('bfloat16', 'auto'),
   ('bfloat16', 'chunked'),
 )
+
+
+def _device_variants():
+  """[compute_dtype, attention_impl, overrides] of each --device variant."""
+  if not FLAGS.device_variants:
+    return [[dtype, impl, {}] for dtype, impl in DEVICE_VARIANTS]
+  variants = []
+  for text in FLAGS.device_variants:
+    parts = text.split(':', 2)
+    if len(parts) < 2 or parts[0] not in ('float32', 'bfloat16'):
+      raise app.UsageError(
+        f'--device_variants: {text!r} is not '
+        '<float32|bfloat16>:<attention_impl>[:<key>=<value>].'
+      )
+    overrides = dict([_parse_override(parts[2])]) if len(parts) == 3 else {}
+    variants.append([parts[0], parts[1], overrides])
+  return variants
 
 
 def _parse_override(text):
@@ -122,7 +147,7 @@ def _specs():
         impl='ours',
         compute_dtype=None,
         attention_impl='auto',
-        variants=[list(v) for v in DEVICE_VARIANTS],
+        variants=_device_variants(),
       )
     ]
   specs = []
@@ -243,7 +268,7 @@ def print_table(results):
         r['impl'],
         r['mode'],
         r.get('compute_dtype') or 'float32',
-        r.get('attention_impl', '-'),
+        r.get('attention_impl', '-') + r.get('variant_label', ''),
         f'{r["median_s"]:.3f}',
         f'{r["examples_per_s"]:.2f}',
         _gb(r.get('peak_bytes')),

@@ -25,7 +25,7 @@ def _progress(spec, stage):
   print(
     f'[{time.strftime("%H:%M:%S")}] {spec.get("arch") or "config"}'
     f' {spec.get("compute_dtype") or "float32"}'
-    f' {spec.get("attention_impl")} {stage}',
+    f' {spec.get("attention_impl")}{spec.get("variant_label", "")} {stage}',
     file=sys.stderr,
     flush=True,
   )
@@ -95,11 +95,15 @@ def run(spec):
   if spec.get('variants'):
     _progress(spec, 'counting FLOPs')
     flops = _flops_per_example(spec)
-    for compute_dtype, attention_impl in spec['variants']:
+    for compute_dtype, attention_impl, *overrides in spec['variants']:
       variant = dict(
         spec,
         compute_dtype=compute_dtype,
         attention_impl=attention_impl,
+        overrides={**spec['overrides'], **(overrides[0] if overrides else {})},
+        variant_label=''.join(
+          f' {k}={v}' for k, v in (overrides[0] if overrides else {}).items()
+        ),
         variants=None,
         flops_per_example=flops,
       )

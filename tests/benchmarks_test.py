@@ -11,6 +11,18 @@ from absl.testing import absltest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _run_harness(*flags, timeout=900):
+  """`python -m benchmarks.run <flags>` from the repository root."""
+  return subprocess.run(
+    [sys.executable, '-m', 'benchmarks.run', *flags],
+    check=False,
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
 class HarnessTest(absltest.TestCase):
   def test_experiment_configs_name_their_architecture(self):
     from benchmarks import workloads
@@ -36,24 +48,13 @@ class HarnessTest(absltest.TestCase):
 
   def test_ours_and_straightforward_in_worker_processes(self):
     out = os.path.join(tempfile.mkdtemp(), 'results.jsonl')
-    command = [
-      sys.executable,
-      '-m',
-      'benchmarks.run',
+    done = _run_harness(
       '--experiment_config=configs/image_classification.py:digits',
       '--batch_size=4',
       '--repeats=1',
       '--impls=ours,straightforward',
       f'--out={out}',
       '--timeout=600',
-    ]
-    done = subprocess.run(
-      command,
-      check=False,
-      cwd=ROOT,
-      capture_output=True,
-      text=True,
-      timeout=900,
     )
     self.assertEqual(done.returncode, 0, done.stderr[-2000:])
     with open(out) as f:
@@ -78,6 +79,41 @@ class HarnessTest(absltest.TestCase):
         r['gflop_per_example'], forward * (3 if mode == 'train' else 1)
       )
     self.assertIn('faster than straightforward', done.stdout)
+
+  def test_device_variants_with_their_own_overrides(self):
+    out = os.path.join(tempfile.mkdtemp(), 'results.jsonl')
+    base = (
+      '--experiment_config=configs/image_classification.py:digits',
+      '--batch_size=2',
+      '--repeats=1',
+      '--modes=forward',
+      '--device',
+      f'--out={out}',
+      '--timeout=600',
+    )
+    done = _run_harness(
+      *base,
+      '--device_variants=float32:auto,'
+      'float32:einsum:input_preprocessor.grid_inputs=False',
+    )
+    self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+    with open(out) as f:
+      results = [json.loads(line) for line in f]
+    self.assertLen(results, 2)
+    for r in results:
+      self.assertNotIn('error', r)
+    auto, einsum = results
+    self.assertEqual(auto['attention_impl'], 'auto')
+    self.assertEqual(auto['variant_label'], '')
+    self.assertNotIn('input_preprocessor.grid_inputs', auto['overrides'])
+    self.assertEqual(einsum['attention_impl'], 'einsum')
+    self.assertFalse(einsum['overrides']['input_preprocessor.grid_inputs'])
+    self.assertIn('einsum input_preprocessor.grid_inputs=False', done.stdout)
+    # Same model, same FLOP count; a malformed variant is refused by name.
+    self.assertEqual(auto['gflop_per_example'], einsum['gflop_per_example'])
+    bad = _run_harness(*base, '--device_variants=float16:auto', timeout=300)
+    self.assertNotEqual(bad.returncode, 0)
+    self.assertIn("'float16:auto' is not", bad.stderr)
 
 
 if __name__ == '__main__':
