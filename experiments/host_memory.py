@@ -12,7 +12,12 @@ reused by the next. On that run (2 CPU cores) it cut the page faults from
 steps/s. It did not help the big models: the 201M-parameter training step
 took 3.73 s with it and 3.59 s without (one run each), and 4.97 s with it
 against 4.35-5.21 s without when interleaved with PyTorch. So the
-benchmarks leave it off unless asked (`--keep_freed_memory`).
+benchmarks leave it off unless asked (`--keep_freed_memory`). The reason it
+does nothing there: XLA allocates such a step's temporaries (1.52 GB for
+the 201M-parameter model) in one block from one of its pool threads, and a
+thread's glibc arena maps a block that large with `mmap` whatever
+`M_MMAP_MAX` says. With glibc's `arena_max=1` as well the step's 383k page
+faults went to zero, but its time did not change (benchmarks/README.md).
 
 The price: the process's resident memory stays at its peak. Experiments call
 this once at start-up; set `PERCEIVER_IO_KEEP_FREED_MEMORY=0` to switch it
