@@ -23,7 +23,7 @@ def _progress(spec, stage):
   """One line on stderr: run.py --device streams it, so a worker that runs
   out of time still shows which variant and stage it was in."""
   print(
-    f'[{time.strftime("%H:%M:%S")}] {spec.get("arch") or "config"}'
+    f'[{time.strftime("%H:%M:%S")}] {spec.get("experiment_config") or spec.get("arch")}'
     f' {spec.get("compute_dtype") or "float32"}'
     f' {spec.get("attention_impl")}{spec.get("variant_label", "")} {stage}',
     file=sys.stderr,
