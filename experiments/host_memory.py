@@ -16,8 +16,12 @@ benchmarks leave it off unless asked (`--keep_freed_memory`). The reason it
 does nothing there: XLA allocates such a step's temporaries (1.52 GB for
 the 201M-parameter model) in one block from one of its pool threads, and a
 thread's glibc arena maps a block that large with `mmap` whatever
-`M_MMAP_MAX` says. With glibc's `arena_max=1` as well the step's 383k page
-faults went to zero, but its time did not change (benchmarks/README.md).
+`M_MMAP_MAX` says. With glibc's `arena_max=1` as well (set before JAX's CPU
+client starts its threads) the step's 383k page faults went to zero, but
+its time alone did not change. It only helped next to PyTorch in one
+process, where each fault had become 3-4x dearer. And one arena for all
+threads made the `:local` training step 1.5x slower (41-43 ms against
+27-29 ms), so it is not set here (benchmarks/README.md).
 
 The price: the process's resident memory stays at its peak. Experiments call
 this once at start-up; set `PERCEIVER_IO_KEEP_FREED_MEMORY=0` to switch it
