@@ -23,7 +23,8 @@ def _progress(spec, stage):
   """One line on stderr: run.py --device streams it, so a worker that runs
   out of time still shows which variant and stage it was in."""
   print(
-    f'[{time.strftime("%H:%M:%S")}] {spec.get("experiment_config") or spec.get("arch")}'
+    f'[{time.strftime("%H:%M:%S")}]'
+    f' {spec.get("experiment_config") or spec.get("arch")}'
     f' {spec.get("compute_dtype") or "float32"}'
     f' {spec.get("attention_impl")}{spec.get("variant_label", "")} {stage}',
     file=sys.stderr,
@@ -95,15 +96,13 @@ def run(spec):
   if spec.get('variants'):
     _progress(spec, 'counting FLOPs')
     flops = _flops_per_example(spec)
-    for compute_dtype, attention_impl, *overrides in spec['variants']:
+    for compute_dtype, attention_impl, own_overrides in spec['variants']:
       variant = dict(
         spec,
         compute_dtype=compute_dtype,
         attention_impl=attention_impl,
-        overrides={**spec['overrides'], **(overrides[0] if overrides else {})},
-        variant_label=''.join(
-          f' {k}={v}' for k, v in (overrides[0] if overrides else {}).items()
-        ),
+        overrides={**spec['overrides'], **own_overrides},
+        variant_label=''.join(f' {k}={v}' for k, v in own_overrides.items()),
         variants=None,
         flops_per_example=flops,
       )
