@@ -138,9 +138,9 @@ def build_workload(spec):
   model = build(name, config)
   inputs = jax.tree.map(jnp.asarray, random_inputs(name, config, batch_size))
   targets = targets_for(name, config, batch_size)
-  # The parameters are initialised on the host and then moved: on an H100,
-  # compiling the full-size init took 33-87 s per variant, on 2 CPU cores
-  # 11-13 s. Same values either way (threefry is deterministic).
+  # The parameters are initialised on the host and then moved: on an H100
+  # the stage that built the model and its parameters took 33-87 s per
+  # variant; on 2 CPU cores it takes 11-13 s (MLM, flow).
   with dtype_scope(spec), jax.default_device(jax.devices('cpu')[0]):
     params, state = jax.jit(lambda r: model.init(r, **inputs))(
       jax.random.PRNGKey(0)
