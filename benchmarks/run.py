@@ -284,7 +284,8 @@ def print_table(results):
   for r in results:
     if 'torch_peak_gflops' in r:
       print(
-        f'{r["mode"]}: matmul peak (2048^2, float32) XLA '
+        f'{r["mode"]}: matmul peak (2048^2, '
+        f'{r.get("compute_dtype") or "float32"}) XLA '
         f'{r["peak_gflops"]:.0f} GFLOP/s, PyTorch '
         f'{r["torch_peak_gflops"]:.0f} GFLOP/s; PyTorch ran at '
         f'{100 * r["fraction_of_torch_peak"]:.0f}% of its own'

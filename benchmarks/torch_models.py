@@ -6,6 +6,7 @@ column with a note when they don't. Models get random weights, no dropout,
 and the same losses as our training step.
 """
 
+import contextlib
 import importlib.util
 import statistics
 import time
@@ -89,17 +90,30 @@ def available():
   return ''
 
 
-def matmul_peak_gflops(size=2048, repeats=5):
-  """PyTorch's float32 matrix-product throughput, in GFLOP/s.
+def _torch_dtype(compute_dtype):
+  """None for float32, else the torch dtype that autocast computes in."""
+  import torch
+
+  if compute_dtype in (None, 'float32'):
+    return None
+  if compute_dtype not in ('bfloat16', 'float16'):
+    raise ValueError(f'Unknown compute_dtype {compute_dtype!r}.')
+  return getattr(torch, compute_dtype)
+
+
+def matmul_peak_gflops(size=2048, repeats=5, compute_dtype=None):
+  """PyTorch's matrix-product throughput, in GFLOP/s.
 
   Measured like `measure.matmul_peak_gflops` measures XLA's: the median of
-  `repeats` products of two [size, size] matrices, after two warm-up calls.
+  `repeats` products of two [size, size] matrices, after two warm-up calls,
+  in float32 or in `compute_dtype`.
   """
   import torch
 
   generator = torch.Generator().manual_seed(0)
-  a = torch.randn(size, size, generator=generator)
-  b = torch.randn(size, size, generator=generator)
+  dtype = _torch_dtype(compute_dtype) or torch.float32
+  a = torch.randn(size, size, generator=generator).to(dtype)
+  b = torch.randn(size, size, generator=generator).to(dtype)
   times = []
   for i in range(repeats + 2):
     start = time.perf_counter()
@@ -110,9 +124,14 @@ def matmul_peak_gflops(size=2048, repeats=5):
 
 
 class TorchBench:
-  """One HuggingFace model with its inputs, a forward and a train step."""
+  """One HuggingFace model with its inputs, a forward and a train step.
 
-  def __init__(self, name, batch_size, seed=0):
+  With a 16-bit `compute_dtype` the forward passes (and the losses) run
+  under `torch.autocast`, PyTorch's mixed precision: float32 parameters and
+  optimizer, matrix products in the low-precision dtype.
+  """
+
+  def __init__(self, name, batch_size, seed=0, compute_dtype=None):
     import torch
     import transformers
 
@@ -151,6 +170,7 @@ class TorchBench:
       self.target = torch.tensor(rng.integers(0, 1000, (b,)))
     self.name = name
     self.torch = torch
+    self.autocast_dtype = _torch_dtype(compute_dtype)
     self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
     self.num_params = sum(p.numel() for p in self.model.parameters())
 
@@ -164,15 +184,21 @@ class TorchBench:
       )
     return functional.cross_entropy(logits, self.target)
 
+  def _autocast(self):
+    if self.autocast_dtype is None:
+      return contextlib.nullcontext()
+    return self.torch.autocast('cpu', dtype=self.autocast_dtype)
+
   def forward(self):
     self.model.eval()
-    with self.torch.no_grad():
+    with self.torch.no_grad(), self._autocast():
       return self.model(**self.inputs).logits
 
   def train_step(self):
     self.model.train()
     self.optimizer.zero_grad(set_to_none=True)
-    loss = self._loss(self.model(**self.inputs).logits)
+    with self._autocast():
+      loss = self._loss(self.model(**self.inputs).logits.float())
     loss.backward()
     self.optimizer.step()
     return loss.detach()

@@ -120,7 +120,9 @@ def run(spec):
   if spec['impl'] == 'pytorch':
     import torch
 
-    bench = torch_models.TorchBench(spec['arch'], spec['batch_size'])
+    bench = torch_models.TorchBench(
+      spec['arch'], spec['batch_size'], compute_dtype=spec.get('compute_dtype')
+    )
     calls = {'forward': bench.forward, 'train': bench.train_step}
     for mode in spec['modes']:
       start = time.perf_counter()
@@ -131,7 +133,9 @@ def run(spec):
       # PyTorch's own matmul rate: "% peak" divides by XLA's, so that both
       # columns share one yardstick; this one says how fast PyTorch's
       # matrix products are on the same cores.
-      torch_peak = torch_models.matmul_peak_gflops(size=size)
+      torch_peak = torch_models.matmul_peak_gflops(
+        size=size, compute_dtype=spec.get('compute_dtype')
+      )
       result.update(
         num_params=bench.num_params,
         torch_threads=torch.get_num_threads(),
@@ -183,7 +187,11 @@ def run_interleaved(spec):
         compute_dtype=compute_dtype or spec.get('compute_dtype'),
       )
       if impl == 'pytorch':
-        bench = torch_models.TorchBench(spec['arch'], spec['batch_size'])
+        bench = torch_models.TorchBench(
+          spec['arch'],
+          spec['batch_size'],
+          compute_dtype=impl_spec['compute_dtype'],
+        )
         calls[impl] = bench.forward if mode == 'forward' else bench.train_step
       else:
         workload = workloads.build_workload(impl_spec)

@@ -131,7 +131,12 @@ def attend_einsum(
     cols = jnp.arange(k.shape[2], dtype=jnp.uint32)  # k is [B, H, M, D].
     keep = chunked_attend.dropout_keep(seeds, rows, cols, dropout_prob)
     weights = jnp.where(keep, weights / (1.0 - dropout_prob), 0.0)
-  out = jnp.einsum('bhnm,bhmd->bhnd', weights.astype(v.dtype), v)
+  out = jnp.einsum(
+    'bhnm,bhmd->bhnd',
+    weights.astype(v.dtype),
+    v,
+    preferred_element_type=logits_dtype,
+  ).astype(v.dtype)  # [B, H, N, Dv]
   out = jnp.swapaxes(out, 1, 2)  # [B, N, H, Dv]
   out = jnp.reshape(out, (batch, num_q, num_heads * v.shape[-1]))
   return wipe_masked_rows(out, q_mask, kv_mask)

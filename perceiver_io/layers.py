@@ -9,8 +9,8 @@ layers with `lax.scan` (and stack their weights). `attention.py` creates the
 parameters under the released names and calls these functions.
 
 Precision: parameters are float32. A compute dtype of 'bfloat16' runs the
-matrix products in bf16, while LayerNorm, softmax and the residual stream stay
-float32.
+matrix products on bf16 operands with float32 accumulation (`dense.py`),
+while LayerNorm, softmax and the residual stream stay float32.
 """
 
 import contextlib
@@ -24,6 +24,7 @@ from jax import lax
 from perceiver_io import attend as attend_lib
 from perceiver_io import chunked_attend
 from perceiver_io import grid_attend
+from perceiver_io.dense import dense
 from perceiver_io.layer_norm import layer_norm
 
 COMPUTE_DTYPES = (None, 'float32', 'bfloat16', 'float16')
@@ -130,12 +131,6 @@ class LayerSpec:
     )
 
 
-def _dense(x, w, b, dtype):
-  """x [..., Cin] @ w [Cin, Cout] + b, in `dtype`."""
-  out = jnp.dot(x.astype(dtype), w.astype(dtype))
-  return out if b is None else out + b.astype(dtype)
-
-
 def _dropout(rng, rate, x):
   if rate <= 0.0:
     return x
@@ -226,8 +221,11 @@ def uses_grid_attend(spec, is_training=False):
 
 
 def _mlp(spec, w1, b1, w2, b2, x):
-  h = jax.nn.gelu(_dense(x, w1, b1, spec.dtype))
-  return _dense(h, w2, b2, spec.dtype)
+  # The GELU runs in float32 whatever the compute dtype: XLA's CPU backend
+  # would compute a bf16 one in float32 anyway, and its residuals, stacked by
+  # `lax.scan` over the encoder's blocks, stay float32 (see `residuals`).
+  h = jax.nn.gelu(dense(x, w1, b1, spec.dtype, float32_output=True))
+  return dense(h, w2, b2, spec.dtype)
 
 
 def self_attention(spec, w, x, *, is_training, mask=None, rng=None):
@@ -248,11 +246,11 @@ def self_attention(spec, w, x, *, is_training, mask=None, rng=None):
   attn_rng, branch_rng, mlp_rng = _rngs(rng, is_training, spec)
   h = layer_norm(x, w.ln_scale, w.ln_offset)
   heads = spec.num_heads
-  q = _split_heads(_dense(h, w.q_w, w.q_b, spec.dtype), heads)  # [B, N, H, D]
-  k = _split_heads(_dense(h, w.k_w, w.k_b, spec.dtype), heads)  # [B, N, H, D]
-  v = _split_heads(_dense(h, w.v_w, w.v_b, spec.dtype), heads)  # [B, N, H, Dv]
+  q = _split_heads(dense(h, w.q_w, w.q_b, spec.dtype), heads)  # [B, N, H, D]
+  k = _split_heads(dense(h, w.k_w, w.k_b, spec.dtype), heads)  # [B, N, H, D]
+  v = _split_heads(dense(h, w.v_w, w.v_b, spec.dtype), heads)  # [B, N, H, Dv]
   attn = _multihead(spec, q, k, v, mask, mask, is_training, attn_rng)
-  attn = _dense(attn, w.out_w, w.out_b, spec.dtype)  # [B, N, C]
+  attn = dense(attn, w.out_w, w.out_b, spec.dtype)  # [B, N, C]
   x = x + _dropout(branch_rng, rate, attn).astype(x.dtype)
   h = layer_norm(x, w.mlp_ln_scale, w.mlp_ln_offset)
   h = _mlp(spec, w.mlp_w1, w.mlp_b1, w.mlp_w2, w.mlp_b2, h)
@@ -298,8 +296,8 @@ def cross_attention(
     """[B, m, Ckv] -> keys [B, m, H, D] and values [B, m, H, Dv]."""
     ln_scale, ln_offset, k_w, k_b, v_w, v_b = params
     h = layer_norm(x, ln_scale, ln_offset)
-    k = _dense(h, k_w, k_b, spec.dtype)  # [B, m, qk]
-    v = _dense(h, v_w, v_b, spec.dtype)  # [B, m, v]
+    k = dense(h, k_w, k_b, spec.dtype)  # [B, m, qk]
+    v = dense(h, v_w, v_b, spec.dtype)  # [B, m, v]
     return _split_heads(k, spec.num_heads), _split_heads(v, spec.num_heads)
 
   chunk = spec.query_chunk_size
@@ -339,9 +337,9 @@ def cross_attention(
   def queries_fn(x_q, q_mask):
     """Everything that follows for [B, n, Cq] queries: per query."""
     h_q = layer_norm(x_q, w.q_ln_scale, w.q_ln_offset)
-    q = _dense(h_q, w.q_w, w.q_b, spec.dtype)  # [B, n, qk]
+    q = dense(h_q, w.q_w, w.q_b, spec.dtype)  # [B, n, qk]
     attn = attention(_split_heads(q, spec.num_heads), q_mask)  # [B, n, v]
-    attn = _dense(attn, w.out_w, w.out_b, spec.dtype)  # [B, n, Cq]
+    attn = dense(attn, w.out_w, w.out_b, spec.dtype)  # [B, n, Cq]
     attn = _dropout(branch_rng, rate, attn).astype(jnp.float32)
     x = x_q.astype(jnp.float32) + attn if spec.use_query_residual else attn
     h = layer_norm(x, w.mlp_ln_scale, w.mlp_ln_offset)

@@ -161,6 +161,25 @@ class AttendEquivalenceTest(parameterized.TestCase):
         got.astype(jnp.float32), want, atol=3e-2, err_msg=implementation
       )
 
+  @parameterized.parameters(*attend.IMPLEMENTATIONS)
+  def test_bfloat16_gradients_stay_close(self, implementation):
+    # The chunked path keeps its bf16 residuals as uint16 bits
+    # (`perceiver_io.residuals`); the gradient must not notice.
+    q, k, v = _inputs(value_dim=8)
+    _, kv_mask = _masks(2, q.shape[1], k.shape[1])
+    _, want = _value_and_grads('einsum', q, k, v, kv_mask=kv_mask)
+    low = tuple(x.astype(jnp.bfloat16) for x in (q, k, v))
+    _, grads = _value_and_grads(implementation, *low, kv_mask=kv_mask)
+    for name, got, expected in zip('qkv', grads, want, strict=True):
+      self.assertEqual(got.dtype, jnp.bfloat16)
+      np.testing.assert_allclose(
+        got.astype(jnp.float32),
+        expected,
+        atol=0.1,
+        rtol=0.05,
+        err_msg=f'{implementation} d{name}',
+      )
+
 
 class DropoutTest(parameterized.TestCase):
   def test_chunked_drops_exactly_what_the_reference_drops(self):
