@@ -47,6 +47,8 @@ def add_trainer_fields(
     init_from='',
     mode='train',
     grad_accum_steps=1,
+    # 'float32' or 'bfloat16' (mixed precision: experiments/precision.py).
+    compute_dtype='float32',
   )
   for key, value in defaults.items():
     if key not in config:

@@ -40,6 +40,7 @@ from experiments import glue_metrics
 from experiments import glue_model
 from experiments import host_memory
 from experiments import metrics_writer
+from experiments import precision
 from experiments import trainer
 
 SUMMARY_FILE = 'summary.json'
@@ -162,7 +163,7 @@ def build_task(config: ml_collections.ConfigDict) -> trainer.Task:
       f'config.data.seq_len ({data.seq_len}) exceeds '
       f'config.model.max_seq_len ({config.model.max_seq_len}).'
     )
-  model = build_model(config)
+  model = precision.wrap(build_model(config), config)
   train = glue_data.load_split(task, data.train_split, data.data_dir)
   evals = [
     glue_data.load_split(task, s, data.data_dir) for s in info.eval_splits

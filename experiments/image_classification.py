@@ -9,7 +9,6 @@ on a CPU. `:fourier`, `:learned` and `:conv` are the paper's ImageNet runs;
 DeepMind's checkpoints. See docs/training.md.
 """
 
-import contextlib
 import functools
 from collections.abc import Callable
 
@@ -20,8 +19,8 @@ import numpy as np
 import optax
 
 from experiments import image_data
+from experiments import precision
 from experiments import trainer
-from perceiver_io import attention
 from perceiver_io import models
 
 
@@ -38,15 +37,6 @@ def build_model(config: ml_collections.ConfigDict) -> models.Model:
   return models.build(architecture, model_config)
 
 
-def compute_dtype(config: ml_collections.ConfigDict):
-  name = config.get('compute_dtype', 'float32')
-  if name not in ('float32', 'bfloat16'):
-    raise ValueError(
-      f"config.compute_dtype must be 'float32' or 'bfloat16'; got {name!r}."
-    )
-  return jnp.dtype(name)
-
-
 def make_forward(model, dtype) -> Callable:
   """`forward(params, state, rng, images, is_training) -> (logits, state)`.
 
@@ -56,12 +46,7 @@ def make_forward(model, dtype) -> Callable:
   """
 
   def forward(params, state, rng, images, is_training):
-    scope = (
-      attention.compute_dtype_scope(dtype.name)
-      if dtype != jnp.float32
-      else contextlib.nullcontext()
-    )
-    with scope:  # Acts while jit traces this function.
+    with precision.scope(dtype):  # Acts while jit traces this function.
       logits, state = model.apply(
         params, state, rng, is_training=is_training, images=images
       )
@@ -128,7 +113,7 @@ def make_eval_fn(forward):
 def build_task(config: ml_collections.ConfigDict) -> trainer.Task:
   """The image-classification `Task` for `config.data.name`."""
   model = build_model(config)
-  forward = make_forward(model, compute_dtype(config))
+  forward = make_forward(model, precision.compute_dtype(config))
   num_classes = config.model.decoder.num_classes
   loss_fn = make_loss_fn(forward, num_classes, config.label_smoothing)
   eval_fn = make_eval_fn(forward)

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from experiments import mlm_data
+from experiments import precision
 from experiments import trainer
 from perceiver_io import models
 
@@ -342,7 +343,7 @@ def build_task(config: ml_collections.ConfigDict) -> trainer.Task:
       f'config.data.seq_len ({data.seq_len}) exceeds '
       f'config.model.max_seq_len ({config.model.max_seq_len}).'
     )
-  model = build_model(config)
+  model = precision.wrap(build_model(config), config)
   process_index, process_count = jax.process_index(), jax.process_count()
   eval_batch_size = config.get('eval_batch_size') or config.batch_size
   cache: dict[str, Any] = {}

@@ -51,6 +51,7 @@ from experiments import flow_augment
 from experiments import flow_datasets
 from experiments import metrics_writer
 from experiments import parallel
+from experiments import precision
 from experiments import trainer
 from perceiver_io import flow_tiling
 from perceiver_io import models
@@ -269,7 +270,7 @@ def dataset_eval_pairs(config):
 
 def build_task(config: ml_collections.ConfigDict) -> trainer.Task:
   """The optical-flow `Task` for `config.data.name`."""
-  model = build_model(config)
+  model = precision.wrap(build_model(config), config)
   data = config.data
   height, width = config.model.train_size
   init_batch = {'frames': np.zeros((1, 2, height, width, 3), np.float32)}
@@ -437,7 +438,7 @@ def load_eval_params(config, workdir, model):
 
 def run_benchmarks(config, workdir):
   """Evaluates on `config.eval.benchmarks`; writes `eval/<name>/<metric>`."""
-  model = build_model(config)
+  model = precision.wrap(build_model(config), config)
   params, state, step = load_eval_params(config, workdir, model)
   flow_fn = flow_tiling.make_flow_fn(model, params, state)
   results = {}
