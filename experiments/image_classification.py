@@ -37,19 +37,17 @@ def build_model(config: ml_collections.ConfigDict) -> models.Model:
   return models.build(architecture, model_config)
 
 
-def make_forward(model, dtype) -> Callable:
+def make_forward(model) -> Callable:
   """`forward(params, state, rng, images, is_training) -> (logits, state)`.
 
-  With bfloat16, every attention layer's matrix products run in bf16 (the
-  model library's `compute_dtype_scope`); parameters, LayerNorm, softmax and
-  the residual stream stay float32, and the logits are float32.
+  `model` computes in the config's compute dtype if `precision.wrap` wrapped
+  it; the logits are float32 either way.
   """
 
   def forward(params, state, rng, images, is_training):
-    with precision.scope(dtype):  # Acts while jit traces this function.
-      logits, state = model.apply(
-        params, state, rng, is_training=is_training, images=images
-      )
+    logits, state = model.apply(
+      params, state, rng, is_training=is_training, images=images
+    )
     return logits.astype(jnp.float32), state
 
   return forward
@@ -112,8 +110,8 @@ def make_eval_fn(forward):
 
 def build_task(config: ml_collections.ConfigDict) -> trainer.Task:
   """The image-classification `Task` for `config.data.name`."""
-  model = build_model(config)
-  forward = make_forward(model, precision.compute_dtype(config))
+  model = precision.wrap(build_model(config), config)
+  forward = make_forward(model)
   num_classes = config.model.decoder.num_classes
   loss_fn = make_loss_fn(forward, num_classes, config.label_smoothing)
   eval_fn = make_eval_fn(forward)

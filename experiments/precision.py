@@ -8,10 +8,9 @@ stream, the model's outputs, the loss and the optimizer stay float32.
 
 bf16 is the usual choice on GPUs and TPUs; on CPUs with bf16 matrix units
 (Intel AMX) it also pays: the masked-LM and ImageNet training steps ran 1.9x
-faster than in float32 on our development machine (benchmarks/README.md).
+and 1.85x faster than in float32 on our development machine
+(benchmarks/README.md).
 """
-
-import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -30,13 +29,6 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
       f'config.compute_dtype must be one of {COMPUTE_DTYPES}; got {name!r}.'
     )
   return jnp.dtype(name)
-
-
-def scope(dtype):
-  """A context in which traced model code computes in `dtype`."""
-  if jnp.dtype(dtype) == jnp.float32:
-    return contextlib.nullcontext()
-  return attention.compute_dtype_scope(jnp.dtype(dtype).name)
 
 
 def _to_float32(x):
@@ -60,7 +52,8 @@ class MixedPrecisionModel:
     return getattr(self.model, name)
 
   def apply(self, *args, **kwargs):
-    with scope(self.dtype):  # Acts while jit traces the caller.
+    # Acts while jit traces the caller.
+    with attention.compute_dtype_scope(self.dtype.name):
       outputs, state = self.model.apply(*args, **kwargs)
     return jax.tree.map(_to_float32, outputs), state
 

@@ -10,7 +10,7 @@ parameters under the released names and calls these functions.
 
 Precision: parameters are float32. A compute dtype of 'bfloat16' runs the
 matrix products on bf16 operands with float32 accumulation (`dense.py`),
-while LayerNorm, softmax and the residual stream stay float32.
+while LayerNorm, GELU, softmax and the residual stream stay float32.
 """
 
 import contextlib

@@ -5,8 +5,8 @@ autodiff stacks every iteration's residuals into one buffer per residual, a
 slice per iteration. For a bf16 buffer XLA's CPU backend (jax 0.10) converts
 the whole stacked buffer to float32 and back at every iteration, since it has
 no bf16 arithmetic and the slice update is fused with the convert that
-produced the value: the ImageNet model's bf16 training step spent about a
-third of its time there. A uint16 buffer is updated in place. `pack` turns a
+produced the value: over a quarter of the ImageNet model's bf16 training
+step went there. A uint16 buffer is updated in place. `pack` turns a
 16-bit float array into its uint16 bits (free on every backend: a bitcast),
 and `unpack` turns it back.
 """
