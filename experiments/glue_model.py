@@ -55,14 +55,17 @@ def get_config(num_outputs: int, base: ml_collections.ConfigDict | None = None):
   Args:
     num_outputs: K (2 or 3 classes, 1 for regression).
     base: a `models.get_config(models.LANGUAGE)`-style config; default the
-      released sizes.
+      released sizes. It may be locked (as `--config` from the command line
+      is); it is not changed, and the copy keeps its lock.
   """
   config = (
     models.get_config(models.LANGUAGE)
     if base is None
     else base.copy_and_resolve_references()
   )
-  config.num_outputs = num_outputs
+  # The copy keeps a locked base's lock; `num_outputs` is this model's own key.
+  with config.unlocked():
+    config.num_outputs = num_outputs
   return config
 
 

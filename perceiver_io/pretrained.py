@@ -21,6 +21,8 @@ import json
 import os
 import pathlib
 import tempfile
+import zipfile
+import zlib
 
 import jax
 import ml_collections
@@ -55,22 +57,56 @@ def _split_params_state(tree, path):
 
 
 def _check_params_tree(tree, path, what):
+  """{module: {name: numeric array}}; numpy scalars become 0-d arrays."""
+  checked = {}
   for module, leaves in tree.items():
     if not isinstance(leaves, dict):
       raise ValueError(
         f'{path}: {what} entry {module!r} is not a mapping of arrays.'
       )
+    checked[module] = {}
     for name, value in leaves.items():
+      if isinstance(value, np.generic):
+        value = np.asarray(value)
       if not isinstance(value, np.ndarray) or not (
         np.issubdtype(value.dtype, np.number)
       ):
         raise ValueError(
           f'{path}: {what} {module}:{name} is not a numeric array.'
         )
+      checked[module][name] = value
+  return checked
+
+
+def _npz_problem(path, error):
+  """What is wrong with an `.npz` file that numpy could not open."""
+  with open(path, 'rb') as f:
+    head = f.read(8)
+  if not head:
+    return 'is empty (0 bytes)'
+  if head.startswith(b'PK'):
+    return f'is a damaged or truncated zip archive ({error})'
+  if head.startswith(b'\x93NUMPY'):
+    return 'is a single .npy array, not an .npz archive'
+  if head.startswith(b'\x80'):
+    return (
+      'is a pickle, not an .npz archive (name a released file .pickle or '
+      '.pystate)'
+    )
+  return f'is not an .npz (zip) archive: it starts with {head!r}'
+
+
+_NPZ_ERRORS = (zipfile.BadZipFile, EOFError, ValueError, OSError, zlib.error)
 
 
 def _read_npz(path):
-  with np.load(path, allow_pickle=False) as arrays:
+  try:
+    arrays = np.load(path, allow_pickle=False)
+  except _NPZ_ERRORS as e:
+    raise ValueError(f'{path} {_npz_problem(path, e)}.') from e
+  if not isinstance(arrays, np.lib.npyio.NpzFile):
+    raise ValueError(f'{path} is a single .npy array, not an .npz archive.')
+  with arrays:
     if 'meta/format' not in arrays.files:
       raise ValueError(
         f'{path} is not a perceiver_io parameter file (no meta/format entry).'
@@ -79,13 +115,19 @@ def _read_npz(path):
     meta = {}
     for key in arrays.files:
       kind, _, rest = key.partition('/')
-      if kind == 'meta':
-        meta[rest] = str(arrays[key])
-        continue
-      if kind not in trees or ':' not in rest:
+      if kind != 'meta' and (kind not in trees or ':' not in rest):
         raise ValueError(f'{path}: unexpected entry {key!r}.')
+      try:
+        value = arrays[key]
+      except _NPZ_ERRORS as e:
+        raise ValueError(
+          f'{path}: entry {key!r} is damaged ({type(e).__name__}: {e}).'
+        ) from e
+      if kind == 'meta':
+        meta[rest] = str(value)
+        continue
       module, name = rest.rsplit(':', 1)
-      trees[kind].setdefault(module, {})[name] = arrays[key]
+      trees[kind].setdefault(module, {})[name] = value
   return trees['params'], trees['state'], meta
 
 
@@ -101,7 +143,10 @@ def load_params(path):
 
   Raises:
     safe_pickle.UnsafePickleError: if a pickle asks to run anything.
-    ValueError: if the file does not hold a parameter mapping.
+    pickle.UnpicklingError: if a pickle is empty, truncated or not a pickle
+      (the message names the file and the problem).
+    ValueError: if an `.npz` cannot be read, or the file does not hold a
+      parameter mapping.
     FileNotFoundError: if there is no such file.
   """
   path = os.fspath(path)
@@ -111,8 +156,8 @@ def load_params(path):
     params, state, _ = _read_npz(path)
   else:
     params, state = _split_params_state(safe_pickle.load(path), path)
-  _check_params_tree(params, path, 'parameter')
-  _check_params_tree(state, path, 'state')
+  params = _check_params_tree(params, path, 'parameter')
+  state = _check_params_tree(state, path, 'state')
   return params, state
 
 
@@ -279,8 +324,20 @@ def main(argv=None):
   parser.add_argument(
     '--name', default=None, help=f'architecture, one of {models.ARCHITECTURES}'
   )
+  parser.add_argument(
+    '--verbose_errors',
+    action='store_true',
+    help='show the traceback of an unreadable or unwritable file',
+  )
   args = parser.parse_args(argv)
-  convert(args.src, args.dst, name=args.name)
+  import pickle
+
+  try:
+    convert(args.src, args.dst, name=args.name)
+  except (OSError, ValueError, pickle.UnpicklingError) as e:
+    if args.verbose_errors:
+      raise
+    parser.exit(1, f'{parser.prog}: error: {e}\n')  # One line, no traceback.
   print(f'Wrote {args.dst}')
 
 

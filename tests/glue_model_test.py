@@ -47,6 +47,15 @@ class ModelTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, 'num_outputs'):
       glue_model.build(models.get_config(models.LANGUAGE))
 
+  def test_config_from_a_locked_base(self):
+    # `--config` from the command line is locked (config_flags).
+    base = masked_lm_config.get_config('local,tiny').model
+    base.lock()
+    config = glue_model.get_config(3, base)
+    self.assertEqual(config.num_outputs, 3)
+    self.assertTrue(config.is_locked)
+    self.assertNotIn('num_outputs', base)
+
   def test_encoder_names_match_the_released_checkpoint(self):
     if not os.path.isfile(OFFICIAL):
       self.skipTest(f'{OFFICIAL} is not available.')
