@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import pathlib
+import pickle
 import tempfile
 import zipfile
 import zlib
@@ -84,9 +85,9 @@ def _npz_problem(path, error):
     head = f.read(8)
   if not head:
     return 'is empty (0 bytes)'
-  if head.startswith(b'PK'):
+  if head.startswith(safe_pickle.ZIP_MAGIC):
     return f'is a damaged or truncated zip archive ({error})'
-  if head.startswith(b'\x93NUMPY'):
+  if head.startswith(safe_pickle.NPY_MAGIC):
     return 'is a single .npy array, not an .npz archive'
   if head.startswith(b'\x80'):
     return (
@@ -330,8 +331,6 @@ def main(argv=None):
     help='show the traceback of an unreadable or unwritable file',
   )
   args = parser.parse_args(argv)
-  import pickle
-
   try:
     convert(args.src, args.dst, name=args.name)
   except (OSError, ValueError, pickle.UnpicklingError) as e:

@@ -308,8 +308,8 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 # --- Loading -------------------------------------------------------------------
 
-_ZIP_MAGIC = (b'PK\x03\x04', b'PK\x05\x06')
-_NPY_MAGIC = b'\x93NUMPY'
+ZIP_MAGIC = (b'PK\x03\x04', b'PK\x05\x06')
+NPY_MAGIC = b'\x93NUMPY'
 # PROTO (protocols 2-5); MARK, EMPTY_DICT or GLOBAL (a dict or FlatMapping
 # at protocols 0 and 1).
 _FIRST_OPCODES = (b'\x80', b'(', b'}', b'c')
@@ -319,9 +319,9 @@ def _not_a_pickle(data):
   """Why `data` is plainly not a pickle, or None."""
   if not data:
     return 'is empty (0 bytes), not a checkpoint pickle'
-  if data.startswith(_ZIP_MAGIC):
+  if data.startswith(ZIP_MAGIC):
     return 'is a zip archive (an .npz? its name must end in .npz), not a pickle'
-  if data.startswith(_NPY_MAGIC):
+  if data.startswith(NPY_MAGIC):
     return 'is a .npy array file, not a pickle'
   if data[:1] not in _FIRST_OPCODES:
     return (

@@ -1,16 +1,17 @@
 """Tests of checkpoint loading: safety, formats, conversion, mismatches."""
 
+import contextlib
 import io
 import os
 import pickle
 import pickletools
 
 import numpy as np
-import safe_pickle_test
 from absl.testing import absltest
 from absl.testing import parameterized
 
 import parity_test
+import safe_pickle_test
 from perceiver_io import models
 from perceiver_io import pretrained
 from perceiver_io import safe_pickle
@@ -237,6 +238,24 @@ class LoadTest(absltest.TestCase):
     self.assertEqual(
       pretrained.infer_architecture(npz, params), models.IMAGENET_CONV
     )
+
+  def test_convert_command_names_a_bad_file_in_one_line(self):
+    src = _write(self, 'model.pickle', b'garbage')
+    npz = os.path.join(self.create_tempdir().full_path, 'out.npz')
+    stderr = io.StringIO()
+    with (
+      contextlib.redirect_stderr(stderr),
+      self.assertRaises(SystemExit) as e,
+    ):
+      pretrained.main([src, npz])
+    self.assertEqual(e.exception.code, 1)
+    lines = stderr.getvalue().splitlines()
+    self.assertLen(lines, 1)
+    self.assertIn(src, lines[0])
+    self.assertIn('not a pickle', lines[0])
+    self.assertFalse(os.path.exists(npz))
+    with self.assertRaises(pickle.UnpicklingError):  # The traceback on request.
+      pretrained.main([src, npz, '--verbose_errors'])
 
   def test_mismatched_checkpoint_names_the_parameter(self):
     config, _, _ = _language_case_config()
