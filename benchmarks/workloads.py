@@ -62,10 +62,7 @@ def model_config(spec):
     size = tuple(spec['image_size'])
     if name not in models.IMAGENET_ARCHITECTURES:
       raise ValueError('--image_size applies to the ImageNet architectures.')
-    config.image_size = size
-    fourier = config.input_preprocessor.get('fourier_position_encoding_kwargs')
-    if fourier is not None and config.input_preprocessor.prep_type == 'pixels':
-      fourier.max_resolution = size
+    config.image_size = size  # The Fourier max_resolution follows.
   for section in ('encoder', 'decoder'):
     if section in config and 'attention_impl' in config[section]:
       config[section].attention_impl = spec.get('attention_impl', 'einsum')

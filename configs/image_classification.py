@@ -97,9 +97,7 @@ def _imagenet(config, runlocal):
     _tiny_encoder(config.model, latents=16, channels=64)
     prep = config.model.input_preprocessor
     if 'fourier_position_encoding_kwargs' in prep:
-      factor = prep.spatial_downsample
-      grid = size // factor
-      prep.fourier_position_encoding_kwargs.max_resolution = (grid, grid)
+      # max_resolution follows image_size (models.resolve_sizes).
       prep.fourier_position_encoding_kwargs.num_bands = 8
     if prep.position_encoding_type == 'trainable':
       prep.trainable_position_encoding_kwargs.num_channels = 32
@@ -149,8 +147,6 @@ def _digits(config):
   )
   model = config.model
   model.image_size = (8, 8)
-  model.input_preprocessor.fourier_position_encoding_kwargs.update(
-    dict(num_bands=8, max_resolution=(8, 8))
-  )
+  model.input_preprocessor.fourier_position_encoding_kwargs.num_bands = 8
   _tiny_encoder(model, latents=16, channels=64)
   model.decoder.num_classes = 10

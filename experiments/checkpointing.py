@@ -116,51 +116,76 @@ class Checkpointer:
     self._manager.close()
 
 
-def find_checkpoint(path: str) -> tuple[epath.Path, int] | None:
-  """Locates our checkpoint from a workdir, `checkpoints/` or a step dir.
+def checkpoint_steps(path: str) -> tuple[epath.Path, list[int]] | None:
+  """Our complete checkpoints under a workdir, `checkpoints/` or a step dir.
 
   Returns:
-    (checkpoints directory, step) of the newest checkpoint found, or None if
-    `path` is not one of ours.
+    (checkpoints directory, sorted steps); for a step directory, only its
+    step. None if `path` holds none of ours.
   """
   path = _absolute(path)
   if not path.is_dir():
     return None
   for directory in (path / CHECKPOINT_SUBDIR, path):
     if directory.is_dir():
-      steps = [
+      steps = sorted(
         int(p.name)
         for p in directory.iterdir()
         if p.name.isdigit() and (p / _ITEM).is_dir()
-      ]
+      )
       if steps:
-        return directory, max(steps)
+        return directory, steps
   if path.name.isdigit() and (path / _ITEM).is_dir():
-    return path.parent, int(path.name)
+    return path.parent, [int(path.name)]
   return None
+
+
+def find_checkpoint(path: str) -> tuple[epath.Path, int] | None:
+  """Locates our checkpoint from a workdir, `checkpoints/` or a step dir.
+
+  Returns:
+    (checkpoints directory, step) of the newest checkpoint found (of the
+    step directory given), or None if `path` is not one of ours.
+  """
+  found = checkpoint_steps(path)
+  return None if found is None else (found[0], found[1][-1])
 
 
 def is_checkpoint_dir(path: str) -> bool:
   return bool(path) and find_checkpoint(path) is not None
 
 
-def load_params_and_state(path: str) -> tuple[Any, Any]:
+def load_params_and_state(
+  path: str, step: int | None = None
+) -> tuple[Any, Any]:
   """Loads `params` and `state` (as numpy) from one of our checkpoints.
 
   Args:
     path: a workdir, its `checkpoints/` directory or one step directory.
+    step: which checkpoint; None: the newest (or the step directory's).
 
   Raises:
-    FileNotFoundError: if no complete checkpoint is there.
+    FileNotFoundError: if no complete checkpoint (of `step`) is there; the
+      message lists the steps there are.
   """
-  found = find_checkpoint(path)
+  found = checkpoint_steps(path)
   if found is None:
     raise FileNotFoundError(f'No checkpoint found under {path!r}.')
-  directory, step = found
+  directory, steps = found
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise FileNotFoundError(
+      f'No checkpoint of step {step} under {path!r}; the steps there are '
+      f'{steps}.'
+    )
   logging.info('Loading params from %s, step %d.', directory, step)
   with ocp.CheckpointManager(
     directory,
-    options=ocp.CheckpointManagerOptions(read_only=True),
+    # Read-only, with the options orbax would otherwise reset (and warn).
+    options=ocp.CheckpointManagerOptions(
+      read_only=True, save_interval_steps=0, create=False
+    ),
     item_handlers={_ITEM: ocp.PyTreeCheckpointHandler()},
   ) as manager:
     metadata = manager.item_metadata(step)[_ITEM]

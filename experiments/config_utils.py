@@ -233,3 +233,56 @@ def to_dict(config: ml_collections.ConfigDict | Mapping) -> dict[str, Any]:
     else:
       out[key] = value
   return out
+
+
+class _Absent:
+  def __repr__(self):
+    return '(absent)'
+
+
+ABSENT = _Absent()  # The value of a key that one of two configs lacks.
+
+
+def flatten(data: Mapping, prefix: str = '') -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}; an empty mapping stays as a value."""
+  out = {}
+  for key, value in data.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, Mapping) and value:
+      out.update(flatten(value, name + '.'))
+    else:
+      out[name] = value
+  return out
+
+
+def config_changes(
+  old: Mapping, new: Mapping, ignore: tuple[str, ...] = ()
+) -> list[tuple[str, Any, Any]]:
+  """The (key, old value, new value) of every dotted key that differs.
+
+  A key missing on one side has the value `config_utils.ABSENT` there.
+  Keys in `ignore`, or under a section named in it, are left out.
+
+  Args:
+    old: e.g. the `config.json` a run was started with.
+    new: the same for the run now (JSON values: lists, not tuples).
+    ignore: dotted keys or section names, e.g. `('log_every_steps', 'run')`.
+  """
+  flat_old, flat_new = flatten(old), flatten(new)
+  changes = []
+  for key in sorted(set(flat_old) | set(flat_new)):
+    if any(key == i or key.startswith(i + '.') for i in ignore):
+      continue
+    before = flat_old.get(key, ABSENT)
+    after = flat_new.get(key, ABSENT)
+    if before != after:
+      changes.append((key, before, after))
+  return changes
+
+
+def format_changes(changes, limit: int = 8) -> str:
+  """'batch_size: 64 -> 32; schedule.base_lr: 0.002 -> 0.001'."""
+  shown = [f'{key}: {old!r} -> {new!r}' for key, old, new in changes[:limit]]
+  if len(changes) > limit:
+    shown.append(f'and {len(changes) - limit} more')
+  return '; '.join(shown)

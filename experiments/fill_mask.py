@@ -1,7 +1,7 @@
 r"""Fill in masked bytes of text with a byte-level masked language model.
 
   python -m experiments.fill_mask --checkpoint=runs/mlm \
-    --text='The "if" statement is used for conditional [[execution]]:'
+    --text='The "if" statement is used for conditional[[ execution]]:'
 
   python -m experiments.fill_mask \
     --checkpoint=language_perceiver_io_bytes.pickle \
@@ -21,7 +21,6 @@ valid multibyte characters are never split.
 """
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 
@@ -154,21 +153,19 @@ def load_language_model(
       sizes. Our workdirs carry their own config.
 
   Raises:
-    FileNotFoundError: if `path` does not exist.
+    FileNotFoundError: if `path` does not exist, or is a directory without
+      a run's config.json or checkpoint (see `runs.load_run`).
     ValueError: if it is not a byte-level language model of that config.
   """
-  from experiments import checkpointing
-
   path = os.path.abspath(os.path.expanduser(path))  # orbax needs absolute.
   if not os.path.exists(path):
     raise FileNotFoundError(f'No checkpoint at {path!r}.')
-  if checkpointing.is_checkpoint_dir(path):
-    from experiments import masked_lm
+  if os.path.isdir(path):
+    from experiments import runs
 
-    workdir_config = _workdir_config(path)
-    params, state = checkpointing.load_params_and_state(path)
-    model = masked_lm.build_model(workdir_config)
-    seq_len = int(workdir_config.data.seq_len)
+    run = runs.load_run(path, experiment='experiments.masked_lm')
+    model, params, state = run.model, run.params, run.state
+    seq_len = int(run.config.data.seq_len)
   else:
     from perceiver_io import models
     from perceiver_io import pretrained
@@ -177,18 +174,6 @@ def load_language_model(
     model, params, state = loaded.model, loaded.params, loaded.state
     seq_len = int(loaded.config.max_seq_len)
   return LanguageModel(model, params, state, seq_len, path)
-
-
-def _workdir_config(path: str) -> ml_collections.ConfigDict:
-  """The config.json the trainer wrote in a workdir (searched upwards)."""
-  directory = os.path.abspath(path)
-  for _ in range(4):
-    candidate = os.path.join(directory, 'config.json')
-    if os.path.isfile(candidate):
-      with open(candidate, encoding='utf-8') as f:
-        return ml_collections.ConfigDict(json.load(f))
-    directory = os.path.dirname(directory)
-  raise ValueError(f'No config.json found in or above {path!r}.')
 
 
 def fill_mask(
@@ -276,7 +261,7 @@ def define_flags():
 
 
 if __name__ == '__main__':
-  from absl import app
-
   define_flags()
-  app.run(main)
+  from experiments import cli
+
+  cli.run(main, tool=True)

@@ -30,7 +30,10 @@ photographs is the second frame; the first frame samples the photograph at
 x + flow(x) with bilinear interpolation, so frame1(x) = frame2(x + flow(x))
 holds exactly and the flow is known everywhere. The flow is smooth and
 different for every pair: a global translation, an affine part and a smooth
-local deformation (a sum of a few low-frequency sinusoids).
+local deformation (a sum of a few low-frequency sinusoids), scaled down where
+needed so that no vector is longer than `max_motion` pixels. A model trained
+on these pairs has seen motions up to `max_motion` only; `motion_statistics`
+measures what a generator draws.
 """
 
 import dataclasses
@@ -269,6 +272,7 @@ def random_smooth_flow(
   local_amplitude=0.5,
   local_cycles=1.0,
   num_waves=4,
+  max_motion=None,
 ):
   """Draws a smooth random flow field.
 
@@ -277,7 +281,9 @@ def random_smooth_flow(
   the frame size), t uniform in a disc of radius `max_translation`, the
   entries of A uniform in +-`max_affine` (pixels at the frame edge), and
   `num_waves` sinusoids of up to `local_cycles` cycles across the frame with
-  N(0, local_amplitude / sqrt(num_waves)) amplitudes.
+  N(0, local_amplitude / sqrt(num_waves)) amplitudes. If the longest vector
+  exceeds `max_motion`, the whole field is scaled down to that length (which
+  keeps it smooth).
 
   Args:
     rng: a `np.random.Generator`.
@@ -286,6 +292,7 @@ def random_smooth_flow(
     local_cycles: highest frequency of the local deformation, in cycles across
       the frame (<= 1 keeps it smooth at the frame scale).
     num_waves: number of sinusoids.
+    max_motion: the longest flow vector in pixels, or None for no limit.
 
   Returns:
     float32 [H, W, 2] flow (u, v).
@@ -308,7 +315,42 @@ def random_smooth_flow(
     for k in range(num_waves):
       wave = np.sin(np.pi * (freqs[k, 0] * px + freqs[k, 1] * py) + phases[k])
       flow += wave[..., None] * amps[k]
+  if max_motion is not None:
+    longest = np.sqrt(np.sum(flow**2, axis=-1)).max()
+    if longest > max_motion:
+      flow *= max_motion / longest
   return flow.astype(np.float32)
+
+
+def motion_statistics(size, flow_kwargs, num_pairs=200, seed=0):
+  """The flow lengths `random_smooth_flow` draws, over `num_pairs` fields.
+
+  Args:
+    size: (H, W) of the frames.
+    flow_kwargs: `random_smooth_flow` arguments, e.g. a generator's
+      `flow_kwargs`.
+    num_pairs: number of fields drawn.
+    seed: seed of the draws.
+
+  Returns:
+    dict of `mean`, `median`, `p95` and `max` of |flow| over every pixel, and
+    `mean_translation`: the mean over pairs of the length of each pair's mean
+    flow (all in pixels).
+  """
+  rng = np.random.default_rng(seed)
+  flows = np.stack(
+    [random_smooth_flow(rng, size, **flow_kwargs) for _ in range(num_pairs)]
+  )
+  lengths = np.sqrt(np.sum(flows**2, axis=-1))
+  return {
+    'mean': float(lengths.mean()),
+    'median': float(np.median(lengths)),
+    'p95': float(np.percentile(lengths, 95)),
+    'max': float(lengths.max()),
+    'mean_translation': float(
+      np.sqrt(np.sum(flows.mean(axis=(1, 2)) ** 2, axis=-1)).mean()
+    ),
+  }
 
 
 def load_sample_photos():
@@ -348,6 +390,7 @@ class SyntheticFlowPairs:
     local_amplitude=0.5,
     local_cycles=1.0,
     num_waves=4,
+    max_motion=None,
     min_texture=4.0,
     max_tries=20,
   ):
@@ -361,6 +404,8 @@ class SyntheticFlowPairs:
       holdout_fraction: fraction of each photo's rows kept for 'eval'.
       max_translation, max_affine, local_amplitude, local_cycles, num_waves:
         flow sizes, see `random_smooth_flow`.
+      max_motion: the longest flow vector in pixels (None: no limit beyond
+        what the sizes above can reach).
       min_texture: minimum mean absolute horizontal plus vertical intensity
         difference (0-255 scale) of an accepted crop.
       max_tries: crops drawn before accepting a flat one.
@@ -378,20 +423,23 @@ class SyntheticFlowPairs:
       local_amplitude=local_amplitude,
       local_cycles=local_cycles,
       num_waves=num_waves,
+      max_motion=max_motion,
     )
     self.min_texture = min_texture
     self.max_tries = max_tries
     # The largest displacement the flow can reach, plus a pixel of margin.
-    self._margin = (
-      int(
-        np.ceil(
-          max_translation
-          + 2 * max_affine
-          + abs(local_amplitude) * 4 * np.sqrt(num_waves)
-        )
-      )
-      + 1
+    reach = (
+      max_translation
+      + 2 * max_affine
+      + abs(local_amplitude) * 4 * np.sqrt(num_waves)
     )
+    if max_motion is not None:
+      if max_motion <= 0:
+        raise ValueError(
+          f'max_motion must be positive (pixels) or None; got {max_motion}.'
+        )
+      reach = min(reach, max_motion)
+    self._margin = int(np.ceil(reach)) + 1
     photos = load_sample_photos() if photos is None else photos
     self.regions = []
     for photo in photos:

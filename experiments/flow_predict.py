@@ -13,31 +13,30 @@ blended, smaller ones are resized or padded (`--small_frames`); see
 
 `--checkpoint` is DeepMind's released `optical_flow_checkpoint.pystate`, a
 converted `.npz`, or a workdir of `experiments.optical_flow` (its
-`config.json` gives the model sizes).
+`config.json` gives the model sizes). For a workdir trained on synthetic
+pairs, the command also reads the motion range the model was trained on and
+warns when the predicted flow reaches it or the frames are much larger than
+the training frames: such a model does not see motions beyond that range and
+predicts too short a flow for them.
 """
 
 import json
 import os
 
-import ml_collections
 import numpy as np
 
 from experiments import checkpointing
+from experiments import flow_datasets
 from experiments import flow_io
+from experiments import runs
 from perceiver_io import flow_tiling
 from perceiver_io import flow_viz
 from perceiver_io import models
 
 
 def _find_run_config(path):
-  """The `config.json` of the workdir holding checkpoint `path`."""
-  path = os.path.abspath(path)
-  for _ in range(4):
-    candidate = os.path.join(path, 'config.json')
-    if os.path.exists(candidate):
-      return candidate
-    path = os.path.dirname(path)
-  return None
+  """The `config.json` of the workdir holding checkpoint `path`, or None."""
+  return runs.find_config(path)
 
 
 def load_flow_model(checkpoint):
@@ -54,24 +53,106 @@ def load_flow_model(checkpoint):
     FileNotFoundError: if nothing is at `checkpoint`.
     ValueError: if the weights do not fit the model.
   """
-  if checkpointing.is_checkpoint_dir(checkpoint):
-    checkpoint = os.path.abspath(checkpoint)  # Orbax needs absolute paths.
-    config_path = _find_run_config(checkpoint)
-    if config_path is None:
-      raise FileNotFoundError(
-        f'No config.json next to the checkpoint {checkpoint}; it gives the '
-        'model sizes.'
-      )
-    with open(config_path, encoding='utf-8') as f:
-      model_config = ml_collections.ConfigDict(json.load(f)['model'])
-    model_config.train_size = tuple(model_config.train_size)
-    model = models.build(models.OPTICAL_FLOW, model_config)
-    params, state = checkpointing.load_params_and_state(checkpoint)
-    return model, params, state
+  if os.path.isdir(checkpoint):  # Our run: its config.json has the sizes.
+    run = runs.load_run(checkpoint, experiment='experiments.optical_flow')
+    return run.model, run.params, run.state
   from perceiver_io import pretrained
 
   loaded = pretrained.load(checkpoint, name=models.OPTICAL_FLOW)
   return loaded.model, loaded.params, loaded.state
+
+
+# Warn when the predicted flow reaches this fraction of the trained range ...
+NEAR_RANGE_FRACTION = 0.8
+# ... or the frames are this many times the training frames along an axis.
+LARGE_FRAME_RATIO = 4.0
+
+
+def training_motion(checkpoint):
+  """The motion range a training workdir's model has seen, if known.
+
+  Args:
+    checkpoint: what `load_flow_model` takes.
+
+  Returns:
+    None for released or converted weights and for runs on a real dataset
+    (their motion range is not recorded); else a dict of `max_motion` and
+    `mean_motion` (pixels, measured by drawing the run's synthetic flows with
+    `flow_datasets.motion_statistics`) and `train_size` (H, W).
+  """
+  if not checkpointing.is_checkpoint_dir(checkpoint):
+    return None
+  config_path = _find_run_config(checkpoint)
+  if config_path is None:
+    return None
+  with open(config_path, encoding='utf-8') as f:
+    config = json.load(f)
+  data = config.get('data', {})
+  if data.get('name') != 'synthetic' or 'synthetic' not in data:
+    return None
+  synthetic = data['synthetic']
+  flow_kwargs = {
+    key: synthetic[key]
+    for key in (
+      'max_translation',
+      'max_affine',
+      'local_amplitude',
+      'local_cycles',
+      'num_waves',
+      'max_motion',
+    )
+    if key in synthetic  # Runs from before `max_motion` lack it.
+  }
+  train_size = tuple(config['model']['train_size'])
+  stats = flow_datasets.motion_statistics(train_size, flow_kwargs)
+  return {
+    'max_motion': stats['max'],
+    'mean_motion': stats['mean'],
+    'train_size': train_size,
+  }
+
+
+def motion_warning(flow, trained):
+  """A one-line warning when `flow` may exceed what the model was trained on.
+
+  Args:
+    flow: float [H, W, 2] predicted flow.
+    trained: a `training_motion` dict, or None (no warning).
+
+  Returns:
+    The warning, or None. It is given when the predicted flow's 99th
+    percentile length reaches `NEAR_RANGE_FRACTION` of the trained maximum
+    (the true motion may be longer still), or when the frames are
+    `LARGE_FRAME_RATIO` times the training frames along an axis (motions
+    grow with the frame, and a model trained on small ones predicts them
+    too short).
+  """
+  if trained is None:
+    return None
+  magnitude = np.sqrt(np.sum(np.square(flow), axis=-1))
+  predicted = float(np.percentile(magnitude, 99))
+  limit = trained['max_motion']
+  height, width = trained['train_size']
+  ratio = max(flow.shape[0] / height, flow.shape[1] / width)
+  reasons = []
+  if predicted >= NEAR_RANGE_FRACTION * limit:
+    reasons.append('the predicted flow nears that range')
+  if ratio >= LARGE_FRAME_RATIO:
+    reasons.append(
+      f'these {flow.shape[0]}x{flow.shape[1]} frames are {ratio:.0f}x its '
+      f'{height}x{width} training frames, where motions are often longer'
+    )
+  if not reasons:
+    return None
+  return (
+    f'Warning: this model was trained on motions up to {limit:.2f} px '
+    f'(mean {trained["mean_motion"]:.2f} px); '
+    + ' and '.join(reasons)
+    + f'. Predicted mean |flow| {magnitude.mean():.2f} px, 99th pct '
+    f'{predicted:.2f} px. Motions beyond {limit:.2f} px come out too short; '
+    'train with a larger --config.data.synthetic.max_motion (and frames) '
+    'for them.'
+  )
 
 
 def default_min_overlap(tile_size):
@@ -152,6 +233,9 @@ def main(argv):
     + ', '.join(paths),
     flush=True,
   )
+  warning = motion_warning(flow, training_motion(FLAGS.checkpoint))
+  if warning:
+    print(warning, flush=True)
 
 
 def define_flags():
@@ -184,6 +268,6 @@ def define_flags():
 
 if __name__ == '__main__':
   define_flags()
-  from absl import app
+  from experiments import cli
 
-  app.run(main)
+  cli.run(main, tool=True)

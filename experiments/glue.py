@@ -388,7 +388,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from absl import app
   from absl import flags
 
   trainer.define_flags()
@@ -396,4 +395,6 @@ if __name__ == '__main__':
   flags.DEFINE_bool(
     'grid', False, "Run the paper's batch x learning-rate grid."
   )
-  app.run(main)
+  from experiments import cli
+
+  cli.run(main)

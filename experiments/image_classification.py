@@ -120,6 +120,12 @@ def build_task(config: ml_collections.ConfigDict) -> trainer.Task:
   channels = config.data.get('channels', 3)
   init_batch = {'images': np.zeros((1, height, width, channels), np.float32)}
   data = config.data
+  if data.get('image_size') and (data.image_size,) * 2 != (height, width):
+    raise ValueError(
+      f'config.data.image_size={data.image_size} does not match '
+      f'config.model.image_size={(height, width)}; set both (the Fourier '
+      "max_resolution follows the model's)."
+    )
   if data.name == 'digits':
     arrays = image_data.load_digits(data.test_fraction, data.split_seed)
     return trainer.Task(
@@ -183,6 +189,6 @@ def main(argv):
 
 if __name__ == '__main__':
   trainer.define_flags()
-  from absl import app
+  from experiments import cli
 
-  app.run(main)
+  cli.run(main)

@@ -391,6 +391,6 @@ def main(argv):
 
 if __name__ == '__main__':
   trainer.define_flags()
-  from absl import app
+  from experiments import cli
 
-  app.run(main)
+  cli.run(main)

@@ -39,7 +39,13 @@ config file only sets what differs. Durations may be given in steps or epochs.
 
 # Outputs in `workdir`
 
-  config.json             the resolved config (after steps are resolved).
+  config.json             the resolved config (after steps are resolved),
+                          and under `run` the experiment module and the
+                          `--config` given (`experiments.runs.load_run`
+                          reads them). A resume must use the same config
+                          (see `RESUMABLE_KEYS`); with
+                          `allow_config_change` the old file is kept as
+                          `config.<step>.json`.
   metrics.jsonl           one JSON object per logged step: `step`, train
                           metrics, `eval/...` metrics when evaluated at that
                           step; the first line also has `num_devices`,
@@ -58,7 +64,10 @@ Records after the restored step are dropped from `metrics.jsonl`.
 
 import contextlib
 import dataclasses
+import os
+import pickle
 import signal
+import sys
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
@@ -297,14 +306,25 @@ def _init_train_state(task, optimizer, rng):
 def _load_initial_params(config, task, abstract_state):
   """Loads `config.init_from` and checks it against the model's tree."""
   path = config.init_from
-  if task.load_init_params is not None:
-    params, state = task.load_init_params(path)
-  elif checkpointing.is_checkpoint_dir(path):
-    params, state = checkpointing.load_params_and_state(path)
-  else:
-    from perceiver_io import pretrained
+  try:
+    if task.load_init_params is not None:
+      params, state = task.load_init_params(path)
+    elif checkpointing.is_checkpoint_dir(path):
+      params, state = checkpointing.load_params_and_state(path)
+    elif os.path.isdir(path):
+      raise FileNotFoundError(
+        f'{path} is a directory without checkpoints; give a workdir of a '
+        'run that saved one, a step directory in it, or a released file.'
+      )
+    else:
+      from perceiver_io import pretrained
 
-    params, state = pretrained.load_params(path)
+      params, state = pretrained.load_params(path)
+  except (OSError, ValueError, pickle.UnpicklingError) as e:
+    if str(e).startswith('config.init_from'):  # The task's loader said so.
+      raise
+    # The loaders name the file; say which setting pointed at it.
+    raise _with_context(e, f'config.init_from={path!r}') from e
   checkpointing.check_tree_matches(
     abstract_state.params, params, what='parameter', source=path
   )
@@ -317,21 +337,139 @@ def _load_initial_params(config, task, abstract_state):
   return params, state
 
 
+def _with_context(error, context):
+  """`error` again, of the same type where possible, prefixed by `context`."""
+  text = f'{context}: {error}'
+  try:
+    return type(error)(text)
+  except Exception:  # noqa: BLE001 - an exception type with other arguments.
+    return ValueError(text)
+
+
+def check_workdir(workdir: str) -> None:
+  """Creates `workdir` if needed.
+
+  Raises:
+    NotADirectoryError: if it is a file (naming it and what to pass).
+    OSError: if it cannot be created, naming it.
+  """
+  if '://' in str(workdir):
+    return  # Cloud storage has no directories to check.
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(
+      f'The workdir {workdir} is a file, not a directory. Pass --workdir a '
+      'new directory, or the workdir of a run to resume.'
+    )
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise _with_context(e, f'Cannot create the workdir {workdir}') from e
+
+
+# Keys that may differ when a run resumes: when and how it logs, evaluates
+# and saves, and where eval batches and the initial weights come from
+# (`init_from` is only read by a fresh run). They change what is recorded,
+# not what is computed. Everything else (the batch size, the model, the data,
+# the optimizer and also `num_train_steps`/`num_epochs`, which set the
+# learning-rate schedule) needs `allow_config_change`.
+RESUMABLE_KEYS = (
+  'log_every_steps',
+  'eval_every_steps',
+  'checkpoint_every_steps',
+  'checkpoint_keep',
+  'checkpoint_async',
+  'eval_batch_size',
+  'mode',
+  'init_from',
+  'data.data_dir',
+  metrics_writer.RUN_KEY,
+)
+
+
+def _experiment_of(task) -> str | None:
+  """The module that defined the task ('experiments.masked_lm'), or None."""
+  return _module_of(task.loss_fn)
+
+
+def _module_of(fn) -> str | None:
+  """`fn.__module__`, naming `__main__` by the module run with `-m`."""
+  module = getattr(fn, '__module__', None)
+  if module == '__main__':
+    spec = getattr(sys.modules['__main__'], '__spec__', None)
+    module = spec.name if spec is not None else None
+  return module
+
+
+def _record_config(
+  config, workdir, writer, *, num_train_steps, run_info, allow_change
+):
+  """Writes config.json; on resume, first checks it against the old one.
+
+  Raises:
+    ValueError: if the workdir has a checkpoint and its config.json differs
+      from `config` in keys outside `RESUMABLE_KEYS`, unless `allow_change`.
+  """
+  new = metrics_writer.config_record(
+    config, run_info, num_train_steps=num_train_steps
+  )
+  found = checkpointing.find_checkpoint(
+    os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR)
+  )
+  old = metrics_writer.read_config(workdir) if found else None
+  if old is not None:
+    step = found[1]
+    changes = config_utils.config_changes(old, new, ignore=RESUMABLE_KEYS)
+    if changes and not allow_change:
+      raise ValueError(
+        f'The config differs from the one the run in {workdir} was started '
+        f'with (its config.json; checkpoint at step {step}): '
+        f'{config_utils.format_changes(changes)}. Resume with the same '
+        'config, use a new --workdir, or pass --allow_config_change to '
+        f'continue with the new one (the old one is kept as config.{step}.json).'
+      )
+    if changes:
+      kept = writer.keep_config(step)
+      logging.warning(
+        'Resuming at step %d with a changed config (%s); the old one is %s.',
+        step,
+        config_utils.format_changes(changes),
+        kept,
+      )
+  writer.write_config(config, run_info, num_train_steps=num_train_steps)
+
+
 def _last_metrics(workdir, step, eval_name):
-  """The metrics already logged up to `step` (for a run resumed at its end)."""
+  """The metrics already logged up to `step` (for a run resumed at its end),
+  with the steps they were measured at (`train_step`, `eval_step`)."""
   final = {'step': step}
   for record in metrics_writer.read_metrics(workdir):
     if record['step'] <= step:
-      final.update(
-        {
-          k: v
-          for k, v in record.items()
-          if k.startswith(eval_name + '/')
-          or ('/' not in k and not k.startswith('num_'))
-        }
-      )
+      _add_record(final, record, eval_name)
   final['step'] = step
   return final
+
+
+def _add_record(final, record, eval_name):
+  """Updates `final` with a metrics record and the step of each group."""
+  train = {
+    k: v
+    for k, v in record.items()
+    if '/' not in k and not k.startswith('num_') and k != 'step'
+  }
+  evals = _items(record, eval_name)
+  final.update(train)
+  final.update(evals)
+  if train:
+    final['train_step'] = record['step']
+  if evals:
+    final['eval_step'] = record['step']
+
+
+def _ordered(final):
+  """`step`, `train_step`, `eval_step` first: a preempted run's last train
+  and eval metrics come from earlier steps than the one it stopped at."""
+  keys = [k for k in ('step', 'train_step', 'eval_step') if k in final]
+  return {**{k: final[k] for k in keys}, **final}
 
 
 class _Preemption:
@@ -391,7 +529,12 @@ def _check_finite(history):
 
 
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str, task: Task
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  task: Task,
+  *,
+  allow_config_change: bool = False,
+  run_info: Mapping[str, Any] | None = None,
 ) -> Metrics:
   """Trains (or only evaluates) `task` as `config` says, writing to `workdir`.
 
@@ -406,19 +549,31 @@ def train_and_evaluate(
       needed; the config is not modified.
     workdir: output directory (created). Reusing it resumes the run.
     task: the experiment's model, data, loss and metrics.
+    allow_config_change: resume even if `config` differs from the run's
+      `config.json` in more than `RESUMABLE_KEYS`; the old file is kept as
+      `config.<step>.json`.
+    run_info: what started the run, stored as `config.json`'s `run` entry
+      (`experiment`: the module whose `build_model(config)` builds the
+      model, e.g. 'experiments.masked_lm'; `config`: the `--config` flag).
+      Default: the module that defined `task.loss_fn`.
 
   Returns:
-    The final metrics: `step`, the last logged train metrics, the last
-    `eval/*` metrics and `preempted` (bool).
+    The final metrics: `step` (where the run stopped), the last logged
+    train metrics and the step they were measured at (`train_step`), the
+    last `eval/*` metrics and theirs (`eval_step`; after a preemption both
+    can be earlier than `step`), and `preempted` (bool).
 
   Raises:
-    ValueError: bad config values (batch size not divisible by the number of
-      devices times `grad_accum_steps`, unknown `mode`, no eval data in eval
-      mode), or a checkpoint or `init_from` file that does not match the
-      model (naming the first mismatching parameter and both shapes).
+    ValueError: on resume, a config that differs from the run's config.json
+      outside `RESUMABLE_KEYS` (naming the keys, old -> new) unless
+      `allow_config_change`; bad config values (batch size not divisible by
+      the number of devices times `grad_accum_steps`, unknown `mode`, no eval
+      data in eval mode), or a checkpoint or `init_from` file that does not
+      match the model (naming the first mismatching parameter and shapes).
     FloatingPointError: a NaN or Inf loss or gradient norm; names the step.
   """
   # --- Config and devices ---
+  check_workdir(workdir)
   mesh = parallel.make_mesh()
   num_devices = mesh.devices.size
   num_steps = config_utils.resolve_steps(config, task.num_train_examples)
@@ -430,7 +585,14 @@ def train_and_evaluate(
   if mode not in ('train', 'eval'):
     raise ValueError(f"config.mode must be 'train' or 'eval'; got {mode!r}.")
   writer = metrics_writer.MetricsWriter(workdir)
-  writer.write_config(config, num_train_steps=num_steps)
+  _record_config(
+    config,
+    workdir,
+    writer,
+    num_train_steps=num_steps,
+    run_info=run_info or {'experiment': _experiment_of(task)},
+    allow_change=allow_config_change,
+  )
 
   # --- Initial train state (shapes first, then values) ---
   if task.make_optimizer is not None:
@@ -498,7 +660,12 @@ def train_and_evaluate(
       results = evaluate(task, eval_step, train_state, batch_sharding)
       writer.write(start_step, results)
       logging.info('Eval at step %d: %s', start_step, results)
-      return {'step': start_step, **results, 'preempted': False}
+      return {
+        'step': start_step,
+        'eval_step': start_step,
+        **results,
+        'preempted': False,
+      }
 
     # --- Train ---
     update = jax.jit(
@@ -528,6 +695,10 @@ def train_and_evaluate(
         train_state, metrics = update(train_state, batch)
         if sync_each_step:
           train_state.step.block_until_ready()
+        if step == start_step + 1:
+          # The first step compiles; rates and the ETA start after it.
+          train_state.step.block_until_ready()
+          progress.mark_steady(step)
         history.append((step, (metrics['loss'], metrics['grad_norm'])))
         last = step == num_steps
         record = {}
@@ -549,8 +720,7 @@ def train_and_evaluate(
           )
         if record:
           writer.write(step, record)
-          final.update({k: v for k, v in record.items() if '/' not in k})
-          final.update(_items(record, task.eval_name))
+          _add_record(final, {'step': step, **record}, task.eval_name)
           final['step'] = step
         stop = preemption.requested(step)
         if last or step % ckpt_every == 0 or stop:
@@ -563,7 +733,7 @@ def train_and_evaluate(
           logging.warning('Preempted: checkpoint saved at step %d.', step)
           break
     final['preempted'] = preempted
-    return final
+    return _ordered(final)
 
 
 def _items(record, prefix):
@@ -574,8 +744,9 @@ def _items(record, prefix):
 
 
 def define_flags() -> None:
-  """Defines `--config` (locked: unknown keys are errors), `--workdir` and
-  `--jax_distributed`. Call at import time of an experiment's `__main__`."""
+  """Defines `--config` (locked: unknown keys are errors), `--workdir`,
+  `--allow_config_change` and `--jax_distributed`. Call at import time of an
+  experiment's `__main__`."""
   from absl import flags
   from ml_collections import config_flags
 
@@ -583,6 +754,12 @@ def define_flags() -> None:
     'config', None, 'Experiment config file[:arg].', lock_config=True
   )
   flags.DEFINE_string('workdir', None, 'Output directory; reuse to resume.')
+  flags.DEFINE_bool(
+    'allow_config_change',
+    False,
+    'Resume a run whose config.json differs from --config (the old one is '
+    'kept as config.<step>.json). Without it such a resume is refused.',
+  )
   flags.DEFINE_bool(
     'jax_distributed',
     False,
@@ -600,16 +777,26 @@ def run_main(
   """What every experiment's `main` does: set up, build the task, run it."""
   from absl import flags
 
-  distributed = (
-    flags.FLAGS['jax_distributed'].value
-    if ('jax_distributed' in flags.FLAGS)
-    else False
-  )
-  parallel.maybe_initialize_distributed(force=distributed)
+  def flag(name, default):
+    return flags.FLAGS[name].value if name in flags.FLAGS else default
+
+  check_workdir(workdir)  # Before anything is logged or built.
+  parallel.maybe_initialize_distributed(force=flag('jax_distributed', False))
   host_memory.keep_freed_memory()
   quiet_library_logs()
   logging.info('Config:\n%s', config)
-  final = train_and_evaluate(config, workdir, build_task(config))
+  run_info = {'experiment': _module_of(build_task)}
+  if 'config' in flags.FLAGS:
+    from ml_collections import config_flags
+
+    run_info['config'] = config_flags.get_config_filename(flags.FLAGS['config'])
+  final = train_and_evaluate(
+    config,
+    workdir,
+    build_task(config),
+    allow_config_change=flag('allow_config_change', False),
+    run_info=run_info,
+  )
   logging.info('Final metrics: %s', final)
   if jax.process_index() == 0:
     print(
@@ -625,14 +812,6 @@ def run_main(
 
 def quiet_library_logs() -> None:
   """Keeps orbax's per-save INFO chatter out of the progress log."""
-  import logging as std_logging
+  from experiments import cli
 
-  class DropOrbaxInfo(std_logging.Filter):
-    def filter(self, record):
-      return record.levelno >= std_logging.WARNING or (
-        'orbax' not in record.pathname
-      )
-
-  handler_owner = std_logging.getLogger('absl')
-  handler_owner.addFilter(DropOrbaxInfo())
-  logging.set_verbosity(logging.INFO)
+  cli.quiet_library_logs(tool=False)

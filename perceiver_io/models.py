@@ -11,9 +11,11 @@ changed. `build(name, config)` returns a `Model` holding the pure `init` and
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import haiku as hk
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -55,10 +57,11 @@ INPUT_NAMES = {
 # --- Configs -----------------------------------------------------------------
 
 
-def _fourier(num_bands, max_resolution):
+def _fourier(num_bands):
+  # max_resolution None: derived from the model's sizes (`resolve_sizes`).
   return dict(
     num_bands=num_bands,
-    max_resolution=tuple(max_resolution),
+    max_resolution=None,
     sine_only=False,
     concat_pos=True,
   )
@@ -134,7 +137,7 @@ def _imagenet_config(name):
       prep_type='pixels',
       spatial_downsample=1,
       position_encoding_type='fourier',
-      fourier_position_encoding_kwargs=_fourier(64, (224, 224)),
+      fourier_position_encoding_kwargs=_fourier(64),
       grid_inputs=True,
     )
     decoder = _imagenet_decoder(use_query_residual=True)
@@ -156,7 +159,7 @@ def _imagenet_config(name):
       prep_type='conv',
       spatial_downsample=4,
       position_encoding_type='fourier',
-      fourier_position_encoding_kwargs=_fourier(64, (56, 56)),
+      fourier_position_encoding_kwargs=_fourier(64),
       grid_inputs=True,
     )
     decoder = _imagenet_decoder(use_query_residual=True)
@@ -169,9 +172,8 @@ def _imagenet_config(name):
 
 
 def _flow_config():
-  train_size = (368, 496)
   return dict(
-    train_size=train_size,
+    train_size=(368, 496),
     flow_scale_factor=20.0,
     input_preprocessor=dict(
       prep_type='patches',
@@ -181,7 +183,7 @@ def _flow_config():
       num_channels=64,
       n_extra_pos_mlp=0,
       position_encoding_type='fourier',
-      fourier_position_encoding_kwargs=_fourier(64, train_size),
+      fourier_position_encoding_kwargs=_fourier(64),
       grid_inputs=True,
     ),
     encoder=_encoder(
@@ -196,19 +198,17 @@ def _flow_config():
       use_query_residual=False,
       output_num_channels=2,
       position_encoding_type='fourier',
-      fourier_position_encoding_kwargs=_fourier(64, train_size),
+      fourier_position_encoding_kwargs=_fourier(64),
       attention_impl='auto',
     ),
   )
 
 
 def _video_config():
-  num_frames, image_size, audio_samples = 16, (224, 224), 30720
-  image_grid = (num_frames, image_size[0] // 4, image_size[1] // 4)
   return dict(
-    num_frames=num_frames,
-    image_size=image_size,
-    audio_samples=audio_samples,
+    num_frames=16,
+    image_size=(224, 224),
+    audio_samples=30720,
     num_classes=700,
     input_preprocessor=dict(
       min_padding_size=4, mask_probs=dict(image=0.0, audio=0.0, label=1.0)
@@ -219,14 +219,14 @@ def _video_config():
       temporal_downsample=1,
       n_extra_pos_mlp=0,
       position_encoding_type='fourier',
-      fourier_position_encoding_kwargs=_fourier(32, image_grid),
+      fourier_position_encoding_kwargs=_fourier(32),
     ),
     audio_preprocessor=dict(
       prep_type='patches',
       samples_per_patch=16,
       n_extra_pos_mlp=0,
       position_encoding_type='fourier',
-      fourier_position_encoding_kwargs=_fourier(192, (audio_samples,)),
+      fourier_position_encoding_kwargs=_fourier(192),
     ),
     encoder=_encoder(
       num_self_attends_per_block=8,
@@ -245,13 +245,13 @@ def _video_config():
       output_num_channels=512,
       use_query_residual=False,
       position_encoding_type='fourier',
-      fourier_position_encoding_kwargs=_fourier(32, image_grid),
+      fourier_position_encoding_kwargs=_fourier(32),
     ),
     audio_decoder=dict(
       output_num_channels=512,
       use_query_residual=False,
       position_encoding_type='fourier',
-      fourier_position_encoding_kwargs=_fourier(192, (audio_samples,)),
+      fourier_position_encoding_kwargs=_fourier(192),
     ),
     label_decoder=dict(
       use_query_residual=False,
@@ -275,6 +275,83 @@ def get_config(name: str) -> ml_collections.ConfigDict:
   else:
     config = _video_config()
   return ml_collections.ConfigDict(config)
+
+
+def _set_derived(config, section, resolution, derived):
+  """Fills `section`'s Fourier `max_resolution` with `resolution` if None."""
+  if section not in config:
+    return
+  kwargs = config[section].get('fourier_position_encoding_kwargs')
+  if config[section].get('position_encoding_type', 'fourier') != 'fourier':
+    return
+  if kwargs is None or kwargs.get('max_resolution') is not None:
+    return
+  kwargs.max_resolution = tuple(int(r) for r in resolution)
+  derived[f'{section}.fourier_position_encoding_kwargs.max_resolution'] = (
+    kwargs.max_resolution
+  )
+
+
+def _grid(size, downsample, field):
+  """`size` // `downsample`, per axis; an error names `field` if inexact."""
+  grid = []
+  for n in size:
+    if int(n) % downsample:
+      raise ValueError(
+        f'config.{field}={tuple(size)} is not divisible by the '
+        f"preprocessor's downsampling factor {downsample}."
+      )
+    grid.append(int(n) // downsample)
+  return tuple(grid)
+
+
+def resolve_sizes(
+  name: str, config: ml_collections.ConfigDict
+) -> tuple[ml_collections.ConfigDict, dict[str, tuple[int, ...]]]:
+  """Fills the sizes that follow from others, in a copy of `config`.
+
+  A Fourier `max_resolution` of None (the default of every architecture's
+  config) sets the top frequency of each axis by the grid it encodes: the
+  image (`image_size`, over the preprocessor's `spatial_downsample`), the
+  flow frames (`train_size`), the video's patch grid and the audio samples.
+  So changing `image_size` or `train_size` alone changes the frequency scale
+  with it. An explicit value is kept as it is (a model trained at one size
+  and run at another keeps its frequencies).
+
+  Args:
+    name: an architecture of `ARCHITECTURES`.
+    config: its config; not modified.
+
+  Returns:
+    (the resolved copy, {'section.field...max_resolution': value} of each
+    value that was derived).
+  """
+  _check_name(name)
+  config = ml_collections.ConfigDict(config.to_dict())
+  derived = {}
+  if name in IMAGENET_ARCHITECTURES:
+    prep = config.input_preprocessor
+    factor = int(prep.get('spatial_downsample', 1) or 1)
+    _set_derived(
+      config,
+      'input_preprocessor',
+      _grid(config.image_size, factor, 'image_size'),
+      derived,
+    )
+  elif name == OPTICAL_FLOW:
+    for section in ('input_preprocessor', 'decoder'):
+      _set_derived(config, section, config.train_size, derived)
+  elif name == VIDEO_AUTOENCODING:
+    prep = config.image_preprocessor
+    frames = _grid(
+      (config.num_frames,), int(prep.temporal_downsample), 'num_frames'
+    )
+    image = _grid(config.image_size, int(prep.spatial_downsample), 'image_size')
+    for section in ('image_preprocessor', 'image_decoder'):
+      _set_derived(config, section, frames + image, derived)
+    for section in ('audio_preprocessor', 'audio_decoder'):
+      _set_derived(config, section, (config.audio_samples,), derived)
+  return config, derived
 
 
 def _check_name(name):
@@ -513,9 +590,15 @@ class Model:
         f'{sorted(unknown)}.'
       )
 
+  @functools.cached_property
+  def _jitted_init(self):
+    return jax.jit(self.transformed.init, static_argnames='is_training')
+
   def init(self, rng, *, is_training=False, **inputs):
+    """-> (params, state). Compiled: only the initialisers run, not the
+    forward pass that Haiku traces to find the parameters."""
     self._check_inputs(inputs)
-    return self.transformed.init(rng, is_training=is_training, **inputs)
+    return self._jitted_init(rng, is_training=is_training, **inputs)
 
   def apply(self, params, state, rng, *, is_training=False, **inputs):
     self._check_inputs(inputs)
@@ -528,6 +611,7 @@ def build_forward_fn(name: str, config=None) -> Callable:
   """The un-transformed forward function `fn(*, is_training, **inputs)`."""
   _check_name(name)
   config = get_config(name) if config is None else config
+  config, _ = resolve_sizes(name, config)
   forward = _FORWARD[name]
 
   def forward_fn(*, is_training, **inputs):

@@ -126,6 +126,25 @@ class CheckpointerTest(absltest.TestCase):
     with self.assertRaisesRegex(FileNotFoundError, 'No checkpoint'):
       checkpointing.load_params_and_state(empty)
 
+  def test_steps_and_loading_a_given_step(self):
+    workdir = self.create_tempdir().full_path
+    ckpt = checkpointing.Checkpointer(workdir, async_save=False)
+    for step, scale in ((3, 1.0), (6, 2.0)):
+      ckpt.save(step, _train_state(scale=scale))
+    ckpt.close()
+    directory, steps = checkpointing.checkpoint_steps(workdir)
+    self.assertEqual(str(directory), os.path.join(workdir, 'checkpoints'))
+    self.assertEqual(steps, [3, 6])
+    step_dir = os.path.join(workdir, 'checkpoints', '3')
+    self.assertEqual(checkpointing.checkpoint_steps(step_dir)[1], [3])
+    self.assertEqual(checkpointing.find_checkpoint(workdir)[1], 6)
+    params, _ = checkpointing.load_params_and_state(workdir, step=3)
+    np.testing.assert_array_equal(params['linear']['w'], 1.0)
+    with self.assertRaisesRegex(
+      FileNotFoundError, r'No checkpoint of step 4 .* steps there are \[3, 6\]'
+    ):
+      checkpointing.load_params_and_state(workdir, step=4)
+
 
 class CheckTreeTest(absltest.TestCase):
   def test_messages(self):

@@ -107,6 +107,31 @@ class ParseArgTest(parameterized.TestCase):
       config_utils.to_dict(config), {'a': [1, 2], 'b': {'c': [3]}}
     )
 
+  def test_config_changes(self):
+    old = {'batch_size': 64, 'model': {'width': 8, 'sizes': [1, 2]}, 'x': 1}
+    new = {'batch_size': 32, 'model': {'width': 8, 'sizes': [1, 3]}, 'y': {}}
+    changes = config_utils.config_changes(old, new, ignore=('x',))
+    self.assertEqual(
+      changes,
+      [
+        ('batch_size', 64, 32),
+        ('model.sizes', [1, 2], [1, 3]),
+        ('y', config_utils.ABSENT, {}),
+      ],
+    )
+    self.assertEqual(
+      config_utils.format_changes(changes, limit=2),
+      'batch_size: 64 -> 32; model.sizes: [1, 2] -> [1, 3]; and 1 more',
+    )
+    self.assertEqual(
+      config_utils.format_changes(changes[2:]), 'y: (absent) -> {}'
+    )
+    # A section in `ignore` hides all of its keys.
+    self.assertEqual(
+      config_utils.config_changes(old, new, ('batch_size', 'model', 'x', 'y')),
+      [],
+    )
+
 
 if __name__ == '__main__':
   absltest.main()

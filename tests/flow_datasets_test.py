@@ -178,6 +178,61 @@ class SyntheticTest(parameterized.TestCase):
     ]
     self.assertGreater(min(textures), 3.0)
 
+  def test_max_motion_caps_the_flow_and_keeps_it_smooth(self):
+    kwargs = dict(max_translation=10.0, max_affine=3.0, local_amplitude=2.0)
+    for seed in range(10):
+      free = flow_datasets.random_smooth_flow(
+        np.random.default_rng(seed), (24, 32), **kwargs
+      )
+      capped = flow_datasets.random_smooth_flow(
+        np.random.default_rng(seed), (24, 32), max_motion=3.0, **kwargs
+      )
+      lengths = np.sqrt(np.sum(capped**2, axis=-1))
+      self.assertLessEqual(lengths.max(), 3.0 + 1e-5)
+      # A uniform scaling of the same field: directions are unchanged.
+      scale = lengths.max() / np.sqrt(np.sum(free**2, axis=-1)).max()
+      np.testing.assert_allclose(capped, free * scale, rtol=1e-5, atol=1e-5)
+    # Fields already within the cap are left alone.
+    small = dict(max_translation=0.5, max_affine=0.1, local_amplitude=0.1)
+    np.testing.assert_array_equal(
+      flow_datasets.random_smooth_flow(
+        np.random.default_rng(2), (8, 8), **small
+      ),
+      flow_datasets.random_smooth_flow(
+        np.random.default_rng(2), (8, 8), max_motion=5.0, **small
+      ),
+    )
+
+  def test_motion_statistics_measure_the_drawn_lengths(self):
+    kwargs = dict(
+      max_translation=4.0, max_affine=0.0, local_amplitude=0.0, max_motion=8.0
+    )
+    stats = flow_datasets.motion_statistics((8, 8), kwargs, num_pairs=400)
+    # A translation uniform in a disc of radius 4: mean length 2/3 * 4.
+    self.assertAlmostEqual(stats['mean'], 8.0 / 3.0, delta=0.15)
+    self.assertAlmostEqual(stats['mean_translation'], stats['mean'], places=4)
+    self.assertLessEqual(stats['max'], 4.0)
+    self.assertGreater(stats['max'], 3.8)
+    self.assertLess(stats['median'], stats['p95'])
+
+  def test_max_motion_sets_the_crop_margin(self):
+    photo = _ramp_photo(60, 60)
+    # Without the cap the sizes could reach 25 px, too far for this photo.
+    kwargs = dict(
+      crop_size=(16, 16),
+      photos=[photo],
+      scales=(1.0,),
+      max_translation=20.0,
+      min_texture=0.0,
+    )
+    with self.assertRaisesRegex(ValueError, 'large enough'):
+      flow_datasets.SyntheticFlowPairs(**kwargs)
+    generator = flow_datasets.SyntheticFlowPairs(max_motion=4.0, **kwargs)
+    flow = generator.sample(np.random.default_rng(0))['flow']
+    self.assertLessEqual(np.sqrt(np.sum(flow**2, axis=-1)).max(), 4.0 + 1e-5)
+    with self.assertRaisesRegex(ValueError, 'max_motion must be positive'):
+      flow_datasets.SyntheticFlowPairs(max_motion=0.0, **kwargs)
+
   def test_too_small_photos_are_refused(self):
     with self.assertRaisesRegex(ValueError, 'large enough'):
       flow_datasets.SyntheticFlowPairs(

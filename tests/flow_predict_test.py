@@ -1,5 +1,6 @@
 """Tests for experiments.flow_predict: two image files -> .flo, .npy, .png."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -50,6 +51,13 @@ class FlowPredictTest(absltest.TestCase):
     flow_io.write_image(cls.frame1, pair['frames'][0])
     flow_io.write_image(cls.frame2, pair['frames'][1])
     cls.frames = pair['frames']
+    # A training workdir (its config gives the sizes and motion range).
+    cls.workdir = os.path.join(cls.root, 'run')
+    config = flow_config.get_config('tiny')
+    config.num_train_steps = 1
+    config.checkpoint_every_steps = 1
+    config.data.eval_name = ''
+    optical_flow.run(config, cls.workdir)
 
   def test_command_writes_consistent_outputs(self):
     prefix = os.path.join(self.root, 'out', 'flow')
@@ -89,13 +97,7 @@ class FlowPredictTest(absltest.TestCase):
 
   def test_small_frames_and_workdir_checkpoints(self):
     # A training workdir works as a checkpoint (its config gives the sizes).
-    workdir = os.path.join(self.root, 'run')
-    config = flow_config.get_config('tiny')
-    config.num_train_steps = 1
-    config.checkpoint_every_steps = 1
-    config.data.eval_name = ''
-    optical_flow.run(config, workdir)
-    model, params, state = flow_predict.load_flow_model(workdir)
+    model, params, state = flow_predict.load_flow_model(self.workdir)
     self.assertEqual(tuple(model.config.train_size), (8, 12))
     image = (self.frames[0][:5, :7]).copy()  # Smaller than a tile.
     for mode in ('resize', 'pad'):
@@ -106,6 +108,96 @@ class FlowPredictTest(absltest.TestCase):
       self.assertTrue(np.isfinite(flow).all())
     paths = flow_predict.write_outputs(os.path.join(self.root, 's', 'f'), flow)
     self.assertTrue(all(os.path.exists(p) for p in paths))
+
+  def test_training_motion_is_read_from_the_run(self):
+    trained = flow_predict.training_motion(self.workdir)
+    max_motion = flow_config.get_config('tiny').data.synthetic.max_motion
+    self.assertEqual(trained['train_size'], (8, 12))
+    self.assertLessEqual(trained['max_motion'], max_motion + 1e-5)
+    self.assertGreater(trained['max_motion'], 0.8 * max_motion)
+    self.assertLess(trained['mean_motion'], trained['max_motion'])
+    # Also from checkpoints/ inside the run.
+    self.assertEqual(
+      flow_predict.training_motion(os.path.join(self.workdir, 'checkpoints')),
+      trained,
+    )
+    # Released or converted weights record no motion range.
+    self.assertIsNone(flow_predict.training_motion(self.npz))
+
+  def test_training_motion_of_a_run_without_max_motion(self):
+    # Runs from before `max_motion` record only the flow's parts.
+    old = os.path.join(self.root, 'old_run')
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.copytree(self.workdir, old)
+    with open(os.path.join(old, 'config.json'), encoding='utf-8') as f:
+      config = json.load(f)
+    del config['data']['synthetic']['max_motion']
+    config['data']['synthetic'].update(
+      max_translation=1.5, max_affine=0.5, local_amplitude=0.3
+    )
+    with open(os.path.join(old, 'config.json'), 'w', encoding='utf-8') as f:
+      json.dump(config, f)
+    trained = flow_predict.training_motion(old)
+    # The old 16x16 `local` flows: at most about 2.5 px, mean about 1.
+    self.assertGreater(trained['max_motion'], 1.5)
+    self.assertLess(trained['max_motion'], 3.5)
+    self.assertLess(trained['mean_motion'], 1.5)
+    # A real dataset's run records no range.
+    config['data']['name'] = 'chairs'
+    with open(os.path.join(old, 'config.json'), 'w', encoding='utf-8') as f:
+      json.dump(config, f)
+    self.assertIsNone(flow_predict.training_motion(old))
+
+  def test_motion_warning_names_the_range_and_the_prediction(self):
+    trained = {'max_motion': 2.5, 'mean_motion': 1.0, 'train_size': (16, 16)}
+    small = np.full((20, 30, 2), 0.5, np.float32)
+    self.assertIsNone(flow_predict.motion_warning(small, trained))
+    self.assertIsNone(flow_predict.motion_warning(small * 10, None))
+    near = np.full((20, 30, 2), [2.4, 0.0], np.float32)
+    warning = flow_predict.motion_warning(near, trained)
+    self.assertIn('trained on motions up to 2.50 px', warning)
+    self.assertIn('the predicted flow nears that range', warning)
+    self.assertIn('mean |flow| 2.40 px, 99th pct 2.40 px', warning)
+    self.assertNotIn('\n', warning)
+    # Frames far larger than the training frames warn even at small flows.
+    warning = flow_predict.motion_warning(
+      np.full((427, 640, 2), 0.3, np.float32), trained
+    )
+    self.assertIn('427x640 frames are 40x its 16x16 training frames', warning)
+    self.assertIn('mean |flow| 0.42 px', warning)
+    self.assertNotIn('nears', warning)
+
+  def test_command_warns_beyond_the_trained_range(self):
+    # 40x60 frames are 5x the tiny run's 8x12 training frames.
+    pair = flow_fixtures._pairs((40, 60), 1, seed=1)[0]
+    frame1 = os.path.join(self.root, 'big_a.png')
+    frame2 = os.path.join(self.root, 'big_b.png')
+    flow_io.write_image(frame1, pair['frames'][0])
+    flow_io.write_image(frame2, pair['frames'][1])
+    result = subprocess.run(
+      [
+        sys.executable,
+        '-m',
+        'experiments.flow_predict',
+        f'--checkpoint={self.workdir}',
+        f'--frame1={frame1}',
+        f'--frame2={frame2}',
+        f'--output={os.path.join(self.root, "big", "flow")}',
+      ],
+      cwd=_REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+    )
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    lines = [
+      line
+      for line in (result.stdout + result.stderr).splitlines()
+      if 'trained on motions up to' in line
+    ]
+    self.assertLen(lines, 1)
+    self.assertIn('40x60 frames are 5x its 8x12 training frames', lines[0])
 
   def test_default_overlap_fits_the_tile(self):
     self.assertEqual(flow_predict.default_min_overlap((368, 496)), 20)

@@ -8,6 +8,7 @@ from absl.testing import parameterized
 from configs import image_classification as image_config
 from experiments import config_utils
 from experiments import image_classification
+from perceiver_io import models
 
 ARGS = (
   None,
@@ -98,6 +99,23 @@ class ConfigTest(parameterized.TestCase):
     self.assertIn(
       'configs/image_classification.py:digits', image_config.__doc__
     )
+
+  def test_fourier_frequencies_follow_the_image_size(self):
+    for arg, size in (('digits', (8, 8)), ('fourier,runlocal', (32, 32))):
+      config = image_config.get_config(arg)
+      resolved, _ = models.resolve_sizes(
+        config.model.architecture, config.model
+      )
+      fourier = resolved.input_preprocessor.fourier_position_encoding_kwargs
+      self.assertEqual(tuple(fourier.max_resolution), size)
+
+  def test_data_and_model_image_sizes_must_agree(self):
+    config = image_config.get_config('fourier,runlocal')
+    config.model.image_size = (64, 64)
+    with self.assertRaisesRegex(
+      ValueError, r'data.image_size=32 .*model.image_size=\(64, 64\)'
+    ):
+      image_classification.build_task(config)
 
   def test_unknown_variant(self):
     with self.assertRaisesRegex(ValueError, "Unknown variant 'vit'"):

@@ -20,10 +20,10 @@ import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-import trainer_test
 from absl.testing import absltest
 from PIL import Image
 
+import trainer_test
 from configs import image_classification as image_config
 from experiments import image_classification
 from experiments import metrics_writer

@@ -33,11 +33,10 @@ def tiny_config(name):
     )
     prep = config.input_preprocessor
     if prep.position_encoding_type == 'fourier':
-      prep.fourier_position_encoding_kwargs.update(
-        num_bands=2, max_resolution=(8, 8)
-      )
+      # max_resolution follows image_size: (8, 8), or (2, 2) after the conv
+      # preprocessor's 4x downsampling.
+      prep.fourier_position_encoding_kwargs.num_bands = 2
       if prep.prep_type == 'conv':
-        prep.fourier_position_encoding_kwargs.max_resolution = (2, 2)
         prep.num_channels = 4
     else:
       prep.update(num_channels=4, project_pos_dim=4)
@@ -46,21 +45,15 @@ def tiny_config(name):
     config.train_size = (6, 8)
     config.input_preprocessor.num_channels = 4
     for section in (config.input_preprocessor, config.decoder):
-      section.fourier_position_encoding_kwargs.update(
-        num_bands=2, max_resolution=(6, 8)
-      )
+      section.fourier_position_encoding_kwargs.num_bands = 2
   else:
     config.update(
       num_frames=2, image_size=(8, 8), audio_samples=32, num_classes=3
     )
     for section in ('image_preprocessor', 'image_decoder'):
-      config[section].fourier_position_encoding_kwargs.update(
-        num_bands=2, max_resolution=(2, 2, 2)
-      )
+      config[section].fourier_position_encoding_kwargs.num_bands = 2
     for section in ('audio_preprocessor', 'audio_decoder'):
-      config[section].fourier_position_encoding_kwargs.update(
-        num_bands=2, max_resolution=(32,)
-      )
+      config[section].fourier_position_encoding_kwargs.num_bands = 2
     config.audio_preprocessor.samples_per_patch = 8
     config.label_decoder.trainable_position_encoding_kwargs.num_channels = 8
     for section in ('decoder', 'image_decoder', 'audio_decoder'):
@@ -299,6 +292,102 @@ class ErrorsTest(parameterized.TestCase):
       models.build(name, config).init(
         None, image=np.zeros((1, 8, 8, 3), np.float32)
       )
+
+
+class ResolveSizesTest(parameterized.TestCase):
+  @parameterized.parameters(
+    (
+      models.IMAGENET_FOURIER,
+      {'input_preprocessor': (224, 224)},
+    ),
+    (models.IMAGENET_CONV, {'input_preprocessor': (56, 56)}),
+    (
+      models.OPTICAL_FLOW,
+      {'input_preprocessor': (368, 496), 'decoder': (368, 496)},
+    ),
+    (
+      models.VIDEO_AUTOENCODING,
+      {
+        'image_preprocessor': (16, 56, 56),
+        'image_decoder': (16, 56, 56),
+        'audio_preprocessor': (30720,),
+        'audio_decoder': (30720,),
+      },
+    ),
+  )
+  def test_released_configs_resolve_to_the_released_values(self, name, want):
+    config = models.get_config(name)
+    resolved, derived = models.resolve_sizes(name, config)
+    key = '{}.fourier_position_encoding_kwargs.max_resolution'
+    self.assertEqual(derived, {key.format(s): v for s, v in want.items()})
+    for section, value in want.items():
+      self.assertEqual(
+        tuple(
+          resolved[section].fourier_position_encoding_kwargs.max_resolution
+        ),
+        value,
+      )
+      # The caller's config is not modified.
+      self.assertIsNone(
+        config[section].fourier_position_encoding_kwargs.max_resolution
+      )
+
+  def test_sizes_follow_image_and_train_size(self):
+    config = models.get_config(models.IMAGENET_FOURIER)
+    config.image_size = (32, 48)
+    resolved, _ = models.resolve_sizes(models.IMAGENET_FOURIER, config)
+    self.assertEqual(
+      resolved.input_preprocessor.fourier_position_encoding_kwargs.max_resolution,
+      (32, 48),
+    )
+    config = models.get_config(models.OPTICAL_FLOW)
+    config.train_size = (40, 64)
+    resolved, _ = models.resolve_sizes(models.OPTICAL_FLOW, config)
+    for section in ('input_preprocessor', 'decoder'):
+      self.assertEqual(
+        resolved[section].fourier_position_encoding_kwargs.max_resolution,
+        (40, 64),
+      )
+
+  def test_derived_frequencies_change_the_outputs(self):
+    # The same parameters at max_resolution (8, 8) (derived) and (224, 224)
+    # (the old hand-copied default) give different logits.
+    name = models.IMAGENET_FOURIER
+    config = tiny_config(name)
+    inputs = random_inputs(name, config)
+    params, state = models.build(name, config).init(
+      jax.random.PRNGKey(0), **inputs
+    )
+    derived, _ = models.build(name, config).apply(params, state, None, **inputs)
+    stale = tiny_config(name)
+    stale.input_preprocessor.fourier_position_encoding_kwargs.max_resolution = (
+      224,
+      224,
+    )
+    explicit, _ = models.build(name, stale).apply(params, state, None, **inputs)
+    self.assertGreater(float(jnp.max(jnp.abs(derived - explicit))), 1e-4)
+
+  def test_explicit_values_are_kept(self):
+    config = models.get_config(models.IMAGENET_FOURIER)
+    config.image_size = (32, 32)
+    config.input_preprocessor.fourier_position_encoding_kwargs.max_resolution = (
+      224,
+      224,
+    )
+    resolved, derived = models.resolve_sizes(models.IMAGENET_FOURIER, config)
+    self.assertEqual(derived, {})
+    self.assertEqual(
+      tuple(
+        resolved.input_preprocessor.fourier_position_encoding_kwargs.max_resolution
+      ),
+      (224, 224),
+    )
+
+  def test_indivisible_size_names_the_field(self):
+    config = models.get_config(models.IMAGENET_CONV)
+    config.image_size = (30, 32)
+    with self.assertRaisesRegex(ValueError, r'config.image_size=\(30, 32\)'):
+      models.resolve_sizes(models.IMAGENET_CONV, config)
 
 
 if __name__ == '__main__':

@@ -68,6 +68,38 @@ class ConfigTest(parameterized.TestCase):
     num = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     self.assertLess(num, 200_000)
 
+  def test_local_pairs_move_by_up_to_8_pixels(self):
+    config = flow_config.get_config('local')
+    synthetic = config.data.synthetic.to_dict()
+    size = tuple(config.model.train_size)
+    flow_kwargs = {
+      k: synthetic[k]
+      for k in (
+        'max_translation',
+        'max_affine',
+        'local_amplitude',
+        'local_cycles',
+        'num_waves',
+        'max_motion',
+      )
+    }
+    stats = flow_datasets.motion_statistics(size, flow_kwargs, num_pairs=300)
+    self.assertGreaterEqual(stats['mean'], 2.5)
+    self.assertLessEqual(stats['max'], 8.0 + 1e-5)
+    self.assertGreater(stats['max'], 7.5)
+    self.assertEqual(config.data.synthetic.max_motion, 8.0)
+    # Frames large enough for such motions, and every size agrees.
+    self.assertGreaterEqual(min(size), 4 * config.data.synthetic.max_motion)
+    model = config.model
+    for section in (model.input_preprocessor, model.decoder):
+      self.assertEqual(
+        tuple(section.fourier_position_encoding_kwargs.max_resolution), size
+      )
+    # The generator draws pairs of that size with those motions.
+    generator = flow_datasets.SyntheticFlowPairs(crop_size=size, **synthetic)
+    flow = generator.sample(np.random.default_rng(0))['flow']
+    self.assertEqual(flow.shape, size + (2,))
+
   def test_unknown_variant_and_locked_keys(self):
     with self.assertRaisesRegex(ValueError, 'Unknown variant'):
       flow_config.get_config('huge')

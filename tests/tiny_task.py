@@ -37,6 +37,11 @@ class Model:
     return self._t.apply(params, state, rng, x, is_training)
 
 
+def build_model(config):
+  """The task's model, as `experiments.runs.load_run` builds it."""
+  return Model(config.get('dropout', 0.1))
+
+
 def make_data(n=96):
   rs = np.random.RandomState(0)
   x = rs.randn(n, 8).astype(np.float32)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import metrics_writer_test
 import numpy as np
 import optax
 from absl.testing import absltest
@@ -100,6 +102,103 @@ class TrainerTest(parameterized.TestCase):
     part_records = [_no_perf(r) for r in metrics_writer.read_metrics(part_dir)]
     self.assertEqual(full_records, part_records)
 
+  def test_resume_with_a_changed_config(self):
+    workdir = self.create_tempdir().full_path
+    short = dict(num_train_steps=10, eval_every_steps=10)
+    trainer.train_and_evaluate(make_config(**short), workdir, make_task())
+    config_path = os.path.join(workdir, 'config.json')
+
+    def saved():
+      with open(config_path) as f:
+        return json.load(f)
+
+    self.assertEqual(saved()['run'], {'experiment': 'tiny_task'})
+    # Refused: names every changed key, old -> new; config.json unchanged.
+    changed = make_config(**short, batch_size=32)
+    changed.schedule.base_lr = 0.5
+    with self.assertRaisesRegex(
+      ValueError,
+      r'batch_size: 16 -> 32; schedule.base_lr: 0.01 -> 0.5\. .*'
+      r'--allow_config_change',
+    ):
+      trainer.train_and_evaluate(changed, workdir, make_task())
+    self.assertEqual(saved()['batch_size'], 16)
+    # Training longer changes the schedule too: refused.
+    with self.assertRaisesRegex(ValueError, 'num_train_steps: 10 -> 20'):
+      trainer.train_and_evaluate(
+        make_config(num_train_steps=20), workdir, make_task()
+      )
+    # The listed keys may change freely; the config records them.
+    final = trainer.train_and_evaluate(
+      make_config(**short, log_every_steps=2, checkpoint_keep=5),
+      workdir,
+      make_task(),
+    )
+    self.assertEqual(final['step'], 10)
+    self.assertEqual(saved()['log_every_steps'], 2)
+    self.assertFalse(os.path.exists(os.path.join(workdir, 'config.10.json')))
+    # Allowed: trains on with the new config; the old one is kept.
+    final = trainer.train_and_evaluate(
+      make_config(num_train_steps=20),
+      workdir,
+      make_task(),
+      allow_config_change=True,
+    )
+    self.assertEqual(final['step'], 20)
+    self.assertEqual(saved()['num_train_steps'], 20)
+    with open(os.path.join(workdir, 'config.10.json')) as f:
+      self.assertEqual(json.load(f)['num_train_steps'], 10)
+
+  def test_a_fresh_workdir_takes_any_config(self):
+    # Killed before its first checkpoint: nothing to be consistent with.
+    workdir = self.create_tempdir().full_path
+    metrics_writer.MetricsWriter(workdir).write_config(make_config())
+    final = trainer.train_and_evaluate(
+      make_config(num_train_steps=5, batch_size=32), workdir, make_task()
+    )
+    self.assertEqual(final['step'], 5)
+
+  def test_final_metrics_say_which_step_they_were_measured_at(self):
+    workdir = self.create_tempdir().full_path
+    task = make_task()
+    preempting = trainer.Task(
+      **{**task.__dict__, 'train_batches': _stop_after(task.train_batches, 27)}
+    )
+    partial = trainer.train_and_evaluate(make_config(), workdir, preempting)
+    # Logged every 5 steps, evaluated every 20, stopped at 27.
+    self.assertTrue(partial['preempted'])
+    self.assertEqual(list(partial)[:3], ['step', 'train_step', 'eval_step'])
+    self.assertEqual(
+      (partial['step'], partial['train_step'], partial['eval_step']),
+      (27, 25, 20),
+    )
+    records = {r['step']: r for r in metrics_writer.read_metrics(workdir)}
+    self.assertEqual(partial['loss'], records[25]['loss'])
+    self.assertEqual(partial['eval/accuracy'], records[20]['eval/accuracy'])
+    final = trainer.train_and_evaluate(make_config(), workdir, make_task())
+    self.assertEqual(
+      (final['step'], final['train_step'], final['eval_step']), (40, 40, 40)
+    )
+    # A restart of the finished run reports the same steps.
+    again = trainer.train_and_evaluate(make_config(), workdir, make_task())
+    self.assertEqual(_no_perf(again), _no_perf(final))
+
+  def test_tensorboard_keeps_one_point_per_step_after_resume(self):
+    workdir = self.create_tempdir().full_path
+    trainer.train_and_evaluate(make_config(), workdir, make_task())
+    # As if killed after logging step 40 with only checkpoints up to 20.
+    for step in (30, 40):
+      shutil.rmtree(os.path.join(workdir, 'checkpoints', str(step)))
+    time.sleep(1.1)  # Event file names carry the time in seconds.
+    trainer.train_and_evaluate(make_config(), workdir, make_task())
+    points = metrics_writer_test.tensorboard_points(workdir, 'loss')
+    steps = [step for step, _ in points]
+    self.assertEqual(steps, list(range(5, 41, 5)))
+    losses = [
+      r['loss'] for r in metrics_writer.read_metrics(workdir) if 'loss' in r
+    ]
+    np.testing.assert_allclose([v for _, v in points], losses, rtol=1e-6)
+
   def test_grad_accumulation_matches_full_batch(self):
     results = []
     for accum in (1, 4):
@@ -163,7 +262,11 @@ class TrainerTest(parameterized.TestCase):
       )
     # The same mismatch when resuming from the workdir itself.
     with self.assertRaisesRegex(ValueError, "'linear/w'"):
-      trainer.train_and_evaluate(make_config(), workdir, task)
+      trainer.train_and_evaluate(
+        make_config(num_train_steps=5, checkpoint_every_steps=5),
+        workdir,
+        task,
+      )
 
   def test_unknown_mode(self):
     with self.assertRaisesRegex(ValueError, 'config.mode'):
