@@ -8,8 +8,9 @@ each size and implementation in a fresh worker process, and fits
 time ~ M^a and memory ~ M^b by least squares in log-log space over
 M >= --fit_from: b_rss for the process's peak RSS (which has a constant
 floor: interpreter, libraries, code), b_xla for XLA's buffers (arguments plus
-the peak of temporaries). 'straightforward' is DeepMind's formulation (baseline.py);
-the others are `attend` implementations in our encoder.
+the peak of temporaries). 'straightforward' is DeepMind's formulation
+(`perceiver_io.testing.reference`); the others are `attend` implementations
+in our encoder.
 """
 
 import json
@@ -52,15 +53,15 @@ def _point(spec):
   import jax
   import jax.numpy as jnp
 
-  from benchmarks import baseline
   from benchmarks import measure
   from perceiver_io import encoder as encoder_lib
+  from perceiver_io.testing import reference
 
   impl, size = spec['impl'], spec['size']
 
   def forward(inputs):
     if impl == 'straightforward':
-      encoder = baseline.PerceiverEncoder(**ENCODER)
+      encoder = reference.PerceiverEncoder(**ENCODER)
     else:
       encoder = encoder_lib.PerceiverEncoder(**ENCODER, attention_impl=impl)
     return encoder(inputs, encoder.latents(inputs), is_training=False)

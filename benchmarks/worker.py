@@ -36,9 +36,9 @@ def _flops_per_example(spec):
   """Analytic matmul FLOPs of one example's forward (reference formulation)."""
   spec = dict(spec, impl='straightforward', batch_size=1, compute_dtype=None)
   name, config = workloads.model_config(spec)
-  from benchmarks import baseline
+  from perceiver_io.testing import reference
 
-  model = baseline.build(name, config)
+  model = reference.build(name, config)
   inputs = workloads.random_inputs(name, config, 1)
   params, state = jax.eval_shape(
     lambda: model.init(jax.random.PRNGKey(0), **inputs)

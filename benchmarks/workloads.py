@@ -5,7 +5,7 @@ Shape letters: B batch, S sequence, H height, W width, K classes.
 `build_workload(spec)` turns a plain dict (picklable, so it can cross into a
 worker process) into jitted `forward()` and `train_step()` closures over one
 set of random parameters, for our implementation ('ours') or the
-straightforward one ('straightforward', see `baseline.py`).
+straightforward one ('straightforward', `perceiver_io.testing.reference`).
 """
 
 import contextlib
@@ -20,9 +20,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from benchmarks import baseline
 from perceiver_io import attention
 from perceiver_io import models
+from perceiver_io.testing import reference
 
 IMPLS = ('ours', 'straightforward', 'pytorch')
 
@@ -131,7 +131,7 @@ def build_workload(spec):
   """A `Workload` for spec['impl'] in ('ours', 'straightforward')."""
   name, config = model_config(spec)
   batch_size = spec['batch_size']
-  build = models.build if spec['impl'] == 'ours' else baseline.build
+  build = models.build if spec['impl'] == 'ours' else reference.build
   model = build(name, config)
   inputs = jax.tree.map(jnp.asarray, random_inputs(name, config, batch_size))
   targets = targets_for(name, config, batch_size)

@@ -160,9 +160,9 @@ def load_language_model(
   path = os.path.abspath(os.path.expanduser(path))  # orbax needs absolute.
   if not os.path.exists(path):
     raise FileNotFoundError(f'No checkpoint at {path!r}.')
-  if os.path.isdir(path):
-    from experiments import runs
+  from experiments import runs
 
+  if runs.is_run(path):
     run = runs.load_run(path, experiment='experiments.masked_lm')
     model, params, state = run.model, run.params, run.state
     seq_len = int(run.config.data.seq_len)

@@ -53,7 +53,7 @@ def load_flow_model(checkpoint):
     FileNotFoundError: if nothing is at `checkpoint`.
     ValueError: if the weights do not fit the model.
   """
-  if os.path.isdir(checkpoint):  # Our run: its config.json has the sizes.
+  if runs.is_run(checkpoint):  # Our run: its config.json has the sizes.
     run = runs.load_run(checkpoint, experiment='experiments.optical_flow')
     return run.model, run.params, run.state
   from perceiver_io import pretrained

@@ -34,13 +34,13 @@ import numpy as np
 import optax
 from absl import logging
 
-from experiments import checkpointing
 from experiments import glue_data
 from experiments import glue_metrics
 from experiments import glue_model
 from experiments import host_memory
 from experiments import metrics_writer
 from experiments import precision
+from experiments import runs
 from experiments import trainer
 
 SUMMARY_FILE = 'summary.json'
@@ -212,20 +212,6 @@ def build_task(config: ml_collections.ConfigDict) -> trainer.Task:
 # --- Initialisation from a pretrained masked language model ---
 
 
-def load_pretrained_params(path: str):
-  """(params, state) of our MLM workdir or a released language checkpoint."""
-  path = os.path.abspath(os.path.expanduser(path))  # orbax needs absolute.
-  if checkpointing.is_checkpoint_dir(path):
-    return checkpointing.load_params_and_state(path)
-  from perceiver_io import pretrained
-
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-      f'config.init_from: no file or checkpoint at {path!r}.'
-    )
-  return pretrained.load_params(path)
-
-
 def make_init_loader(config: ml_collections.ConfigDict, model) -> Callable:
   """`load_init_params` for the trainer: a pretrained MLM in a fresh head.
 
@@ -240,7 +226,7 @@ def make_init_loader(config: ml_collections.ConfigDict, model) -> Callable:
     fresh, state = glue_model.init_params(
       model, config.data.seq_len, config.seed
     )
-    source, source_state = load_pretrained_params(path)
+    source, source_state, _, _ = runs.load_weights(path)
     if set(source) == set(fresh):
       return source, source_state
     params = glue_model.transfer_pretrained(fresh, source, source=path)

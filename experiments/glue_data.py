@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from experiments import parallel
 from perceiver_io import bytes_tokenizer
 
 TFDS_VERSION = '2.0.0'
@@ -209,16 +210,12 @@ def train_batches(
   global batch s is positions [s * B, (s + 1) * B).
   """
   n = len(split)
-  if batch_size % process_count:
-    raise ValueError(
-      f'batch_size {batch_size} does not split over {process_count} processes.'
-    )
-  local = batch_size // process_count
+  rows = parallel.process_slice(batch_size, process_index, process_count)
   perms = {}
   step = start_step
   while True:
-    first = step * batch_size + process_index * local
-    positions = np.arange(first, first + local)
+    first = step * batch_size
+    positions = np.arange(first + rows.start, first + rows.stop)
     indices = []
     for k in positions.tolist():
       epoch = k // n
@@ -246,13 +243,9 @@ def eval_batches(
   sizes = [len(s) for s in splits]
   total = sum(sizes)
   offsets = np.cumsum([0, *sizes])
-  local = batch_size // process_count
-  for start in range(0, total, batch_size):
-    index = np.arange(
-      start + process_index * local, start + (process_index + 1) * local
-    )
-    valid = index < total
-    index = np.where(valid, index, 0)
+  for index, mask in parallel.padded_eval_indices(
+    total, batch_size, process_index, process_count
+  ):
     which = np.searchsorted(offsets, index, side='right') - 1
     parts = [
       splits[j].encode([int(i - offsets[j])], seq_len)
@@ -261,5 +254,5 @@ def eval_batches(
     batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     batch['index'] = index.astype(np.int32)
     batch['split'] = which.astype(np.int32)
-    batch['mask'] = valid.astype(np.float32)
+    batch['mask'] = mask
     yield batch

@@ -14,12 +14,18 @@ SST-2, MRPC, QQP, STS-B, MNLI, QNLI and RTE, where MNLI counts once as the
 mean of matched and mismatched and WNLI is left out.
 
 Classification metrics are computed from a confusion matrix, which is a sum
-over batches; correlations from the full vectors of predictions and labels.
+over batches (made on device by `experiments.glue`); correlations from the
+full vectors of predictions and labels. The metrics themselves are
+scikit-learn's and SciPy's: a confusion matrix is handed to scikit-learn as
+its K * K cells, each a (label, prediction) pair weighted by its count. Where
+a library raises or returns NaN (no examples, a constant vector) we return 0.
 """
 
 from collections.abc import Mapping
 
 import numpy as np
+from scipy import stats
+from sklearn import metrics as sk_metrics
 
 # Task -> (metric giving the task's score, its other metrics).
 SCORE_METRIC = {
@@ -37,71 +43,119 @@ AVERAGE_TASKS = ('cola', 'sst2', 'mrpc', 'qqp', 'stsb', 'mnli', 'qnli', 'rte')
 
 
 def confusion_matrix(labels, predictions, num_classes: int, weights=None):
-  """[K, K] counts; rows are labels, columns predictions."""
+  """Weighted counts of (label, prediction) pairs.
+
+  Args:
+    labels: [N] integer classes in [0, K).
+    predictions: [N] integer classes in [0, K).
+    num_classes: K.
+    weights: [N] weight of each example (0 drops padding); 1 when None.
+
+  Returns:
+    [K, K] float64 counts; rows are labels, columns predictions. All zeros
+    when N = 0 (scikit-learn raises on empty input).
+  """
   labels = np.asarray(labels, np.int64).reshape(-1)
   predictions = np.asarray(predictions, np.int64).reshape(-1)
   if weights is None:
     weights = np.ones_like(labels, np.float64)
-  out = np.zeros((num_classes, num_classes), np.float64)
-  np.add.at(out, (labels, predictions), np.asarray(weights, np.float64))
-  return out
+  weights = np.asarray(weights, np.float64).reshape(-1)
+  for name, classes in (('labels', labels), ('predictions', predictions)):
+    if classes.size and (classes.min() < 0 or classes.max() >= num_classes):
+      # scikit-learn would drop such pairs silently.
+      raise ValueError(
+        f'{name} hold classes {classes.min()}..{classes.max()}, outside '
+        f"[0, num_classes={num_classes}); pass the task's num_classes."
+      )
+  if not labels.size:
+    return np.zeros((num_classes, num_classes), np.float64)
+  return sk_metrics.confusion_matrix(
+    labels, predictions, labels=np.arange(num_classes), sample_weight=weights
+  ).astype(np.float64)
+
+
+def _cells(confusion):
+  """A [K, K] confusion matrix as K * K weighted (label, prediction) pairs.
+
+  Returns:
+    ([K * K] labels, [K * K] predictions, [K * K] counts), or None when the
+    matrix holds no examples (scikit-learn raises on all-zero weights).
+  """
+  confusion = np.asarray(confusion, np.float64)
+  if not confusion.sum():
+    return None
+  labels, predictions = np.indices(confusion.shape)
+  return labels.ravel(), predictions.ravel(), confusion.ravel()
 
 
 def accuracy(confusion) -> float:
-  confusion = np.asarray(confusion, np.float64)
-  total = confusion.sum()
-  return float(np.trace(confusion) / total) if total else 0.0
+  """Accuracy from a [K, K] confusion matrix; 0 when it is empty."""
+  cells = _cells(confusion)
+  if cells is None:
+    return 0.0
+  labels, predictions, counts = cells
+  return float(
+    sk_metrics.accuracy_score(labels, predictions, sample_weight=counts)
+  )
 
 
 def f1(confusion, positive: int = 1) -> float:
-  """F1 of class `positive` (0 when it is never predicted nor present)."""
-  confusion = np.asarray(confusion, np.float64)
-  tp = confusion[positive, positive]
-  fp = confusion[:, positive].sum() - tp
-  fn = confusion[positive, :].sum() - tp
-  denom = 2 * tp + fp + fn
-  return float(2 * tp / denom) if denom else 0.0
+  """F1 of class `positive` from a [K, K] confusion matrix.
+
+  0 when the class is never predicted nor present, or the matrix is empty.
+  """
+  cells = _cells(confusion)
+  if cells is None:
+    return 0.0
+  labels, predictions, counts = cells
+  return float(
+    sk_metrics.f1_score(
+      labels,
+      predictions,
+      labels=[positive],
+      average='micro',  # Over the one class `positive`: its own F1.
+      sample_weight=counts,
+      zero_division=0.0,
+    )
+  )
 
 
 def matthews_corr(confusion) -> float:
-  """Matthews correlation from a K x K confusion matrix (Gorodkin's R_K).
+  """Matthews correlation from a [K, K] confusion matrix (Gorodkin's R_K).
 
-  Equals the binary MCC for K = 2; 0 when a marginal is constant.
+  Equals the binary MCC for K = 2; 0 when a marginal is constant (as
+  scikit-learn returns) or the matrix is empty.
   """
-  c = np.asarray(confusion, np.float64)
-  t = c.sum(axis=1)  # true counts per class
-  p = c.sum(axis=0)  # predicted counts per class
-  n = c.sum()
-  cov_ytyp = np.trace(c) * n - t @ p
-  cov_ypyp = n * n - p @ p
-  cov_ytyt = n * n - t @ t
-  denom = np.sqrt(cov_ytyt * cov_ypyp)
-  return float(cov_ytyp / denom) if denom else 0.0
+  cells = _cells(confusion)
+  if cells is None:
+    return 0.0
+  labels, predictions, counts = cells
+  return float(
+    sk_metrics.matthews_corrcoef(labels, predictions, sample_weight=counts)
+  )
+
+
+def _correlation(statistic, x, y) -> float:
+  """`statistic(x, y).statistic`; 0 for fewer than 2 points or a constant."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    # SciPy raises below 2 points and warns and returns NaN on a constant.
+    return 0.0
+  return float(statistic(x, y).statistic)
 
 
 def pearson(x, y) -> float:
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  x, y = x - x.mean(), y - y.mean()
-  denom = np.sqrt((x * x).sum() * (y * y).sum())
-  return float((x * y).sum() / denom) if denom else 0.0
+  """Pearson correlation of two [N] vectors; 0 when it is undefined."""
+  return _correlation(stats.pearsonr, x, y)
 
 
-def rankdata(x) -> np.ndarray:
-  """Ranks from 1, ties getting their average rank (as scipy's default)."""
-  x = np.asarray(x, np.float64)
-  order = np.argsort(x, kind='mergesort')
-  sorted_x = x[order]
-  ranks = np.empty(len(x), np.float64)
-  start = 0
-  for end in range(1, len(x) + 1):
-    if end == len(x) or sorted_x[end] != sorted_x[start]:
-      ranks[order[start:end]] = 0.5 * (start + end - 1) + 1
-      start = end
-  return ranks
+# Ranks from 1, ties getting their average rank.
+rankdata = stats.rankdata
 
 
 def spearman(x, y) -> float:
-  return pearson(rankdata(x), rankdata(y))
+  """Spearman correlation of two [N] vectors; 0 when it is undefined."""
+  return _correlation(stats.spearmanr, x, y)
 
 
 def classification_metrics(task: str, confusion) -> dict[str, float]:

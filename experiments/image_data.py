@@ -29,6 +29,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from experiments import parallel
+
 # --- Digits (scikit-learn, ships with the dependencies) ---
 
 DIGITS_SIZE = 8
@@ -121,13 +123,13 @@ def digits_train_batches(
   the random shifts of batch s come from (seed, s).
   """
   images, labels = data['train_images'], data['train_labels']
-  local = global_batch_size // jax.process_count()
-  first = jax.process_index() * local
+  rows = parallel.process_slice(global_batch_size)
+  local = rows.stop - rows.start
   step = start_step
   while True:
     idx = stream_indices(
       len(labels), seed, step * global_batch_size, global_batch_size
-    )[first : first + local]
+    )[rows]
     rng = np.random.default_rng([seed, 1, step])
     batch_images = shift_images(images[idx], rng, max_shift)
     yield {
@@ -142,15 +144,16 @@ def digits_train_batches(
 def padded_batches(
   images: np.ndarray, labels: np.ndarray, global_batch_size: int
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Eval batches of this process's share, the last one padded (mask 0)."""
-  local = global_batch_size // jax.process_count()
-  first = jax.process_index() * local
-  n = len(labels)
-  for start in range(0, n, global_batch_size):
-    idx = np.arange(start, start + global_batch_size)[first : first + local]
-    mask = (idx < n).astype(np.float32)
-    idx = np.minimum(idx, n - 1)
-    yield {'images': images[idx], 'labels': labels[idx], 'mask': mask}
+  """Eval batches of this process's share, the last one padded (mask 0).
+
+  Returns:
+    An iterator of {'images': [b, H, W, C], 'labels': [b], 'mask':
+    float32[b]}, b the process's share of `global_batch_size`
+    (`parallel.padded_eval_batches`).
+  """
+  return parallel.padded_eval_batches(
+    {'images': images, 'labels': labels}, global_batch_size
+  )
 
 
 # --- ImageNet (TFDS) ---

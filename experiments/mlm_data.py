@@ -45,6 +45,8 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
+from experiments import parallel
+
 # Byte ids, as in `perceiver_io.bytes_tokenizer.BytesTokenizer`.
 PAD_ID = 0
 MASK_ID = 3
@@ -380,17 +382,14 @@ def in_memory_train_dataset(
     A batched `tf.data.Dataset` of this process's share of each global batch.
   """
   tf = _tf()
-  if batch_size % process_count:
-    raise ValueError(
-      f'batch_size {batch_size} does not split over {process_count} processes.'
-    )
-  local = batch_size // process_count
+  rows = parallel.process_slice(batch_size, process_index, process_count)
+  local = rows.stop - rows.start
   docs = tf.constant(list(documents), tf.string)
   num_docs = len(documents)
 
   def example(index):
     step, j = index // local, index % local
-    global_index = step * batch_size + process_index * local + j
+    global_index = step * batch_size + rows.start + j
     key = _example_seed(seed, global_index)
     doc_key, example_key = tf.unstack(
       tf.random.experimental.stateless_split(key, 2)
@@ -438,11 +437,8 @@ def tfds_train_dataset(
       f'config.data.tfds_names {names} and tfds_weights {weights} must be '
       'non-empty and of the same length.'
     )
-  if batch_size % process_count:
-    raise ValueError(
-      f'batch_size {batch_size} does not split over {process_count} processes.'
-    )
-  local = batch_size // process_count
+  rows = parallel.process_slice(batch_size, process_index, process_count)
+  local = rows.stop - rows.start
   streams = []
   for source, name in enumerate(names):
     split = tfds.split_for_jax_process(
@@ -632,19 +628,12 @@ def batch_arrays(
 ) -> Iterator[dict[str, np.ndarray]]:
   """Yields this process's share of padded global batches of fixed arrays.
 
-  The last global batch is padded with copies of example 0 and a `mask` of 0.
+  The last global batch is padded with copies of example 0 and a `mask` of 0
+  (`parallel.padded_eval_batches`).
   """
-  n = len(next(iter(arrays.values())))
-  local = batch_size // process_count
-  for start in range(0, n, batch_size):
-    index = np.arange(
-      start + process_index * local, start + (process_index + 1) * local
-    )
-    valid = index < n
-    index = np.where(valid, index, 0)
-    batch = {k: v[index] for k, v in arrays.items()}
-    batch['mask'] = valid.astype(np.float32)
-    yield batch
+  return parallel.padded_eval_batches(
+    arrays, batch_size, process_index, process_count
+  )
 
 
 # --- Display ---

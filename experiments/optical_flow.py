@@ -52,6 +52,7 @@ from experiments import flow_datasets
 from experiments import metrics_writer
 from experiments import parallel
 from experiments import precision
+from experiments import runs
 from experiments import trainer
 from perceiver_io import flow_tiling
 from perceiver_io import models
@@ -158,21 +159,14 @@ def prefetched(
     executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _local_slice(batch_size):
-  """This process's rows [begin, end) of a global batch."""
-  local = parallel.local_batch_size(batch_size)
-  begin = jax.process_index() * local
-  return begin, begin + local
-
-
 def synthetic_train_batches(generator, batch_size, seed, start_step):
   """Endless synthetic batches; batch `s` depends only on (seed, s)."""
-  begin, end = _local_slice(batch_size)
+  rows = parallel.process_slice(batch_size)
 
   def make_batch(step):
     pairs = [
       generator.sample(np.random.default_rng([seed, step, i]))
-      for i in range(begin, end)
+      for i in range(rows.start, rows.stop)
     ]
     return _model_batch(pairs)
 
@@ -189,7 +183,7 @@ def dataset_train_batches(
   generator seeded by (seed, s, i): batch s depends only on (seed, s), so
   resumption is exact.
   """
-  begin, end = _local_slice(batch_size)
+  rows = parallel.process_slice(batch_size)
   pool = concurrent.futures.ThreadPoolExecutor(num_workers)
   num = len(examples)
 
@@ -205,7 +199,7 @@ def dataset_train_batches(
 
   def make_batch(step):
     return _model_batch(
-      list(pool.map(lambda i: one(step, i), range(begin, end)))
+      list(pool.map(lambda i: one(step, i), range(rows.start, rows.stop)))
     )
 
   return prefetched(make_batch, start_step)
@@ -228,12 +222,10 @@ def center_crop(example, size):
 
 def padded_batches(pairs, batch_size):
   """Model batches of `pairs` (examples with frames in [0, 255]), the last
-  one padded by repeating an example, with a `mask` of real rows."""
-  begin, end = _local_slice(batch_size)
-  for start in range(0, len(pairs), batch_size):
-    rows = list(range(start, start + batch_size))[begin:end]
-    mask = np.array([r < len(pairs) for r in rows], np.float32)
-    batch = _model_batch([pairs[min(r, len(pairs) - 1)] for r in rows])
+  one padded by repeating an example, with a `mask` of real rows
+  (`parallel.padded_eval_indices`: this process's share)."""
+  for index, mask in parallel.padded_eval_indices(len(pairs), batch_size):
+    batch = _model_batch([pairs[i] for i in index.tolist()])
     batch['mask'] = mask
     yield batch
 
@@ -405,32 +397,24 @@ def load_eval_params(config, workdir, model):
     (params, state, step) where step is the checkpoint step (0 for a file).
   """
   if checkpointing.is_checkpoint_dir(workdir):
-    source = workdir
-    step = checkpointing.find_checkpoint(workdir)[1]
-    params, state = checkpointing.load_params_and_state(workdir)
+    weights = runs.load_weights(workdir)
   elif config.init_from:
-    source = config.init_from
-    found = checkpointing.find_checkpoint(source)
-    if found is not None:
-      source = os.path.abspath(source)  # Orbax needs absolute paths.
-      step = found[1]
-      params, state = checkpointing.load_params_and_state(source)
-    else:
-      from perceiver_io import pretrained
-
-      step = 0
-      params, state = pretrained.load_params(source)
+    weights = runs.load_weights(config.init_from)
   else:
     raise ValueError(
       'Benchmark evaluation needs weights: a checkpoint in the workdir or '
       '--config.init_from (our workdir or a released .pystate/.npz).'
     )
+  params, state = weights.params, weights.state
+  step = 0 if weights.step is None else weights.step
   height, width = config.model.train_size
   frames = jnp.zeros((1, 2, height, width, 3), jnp.float32)
   abstract_params, abstract_state = jax.eval_shape(
     lambda: model.init(jax.random.PRNGKey(0), frames=frames)
   )
-  checkpointing.check_tree_matches(abstract_params, params, source=source)
+  checkpointing.check_tree_matches(
+    abstract_params, params, source=weights.source
+  )
   if not jax.tree.leaves(abstract_state):
     state = abstract_state
   return params, state, step

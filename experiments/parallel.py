@@ -4,12 +4,15 @@ Works unchanged on one CPU, on 8 fake CPU devices
 (`XLA_FLAGS=--xla_force_host_platform_device_count=8`, set before jax is
 imported), on one GPU node and on several hosts. On several hosts call
 `maybe_initialize_distributed()` first; each process then feeds its own
-share of every global batch (`local_batch_size`), and
+share of every global batch (`local_batch_size`, `process_slice`), and
 `make_global_batch` stitches the shares into one global `jax.Array`.
-Parameters and optimizer state are replicated.
+`padded_eval_indices` / `padded_eval_batches` give each process its share of
+every example of a fixed eval set, once, with the last global batch padded
+(mask 0). Parameters and optimizer state are replicated.
 """
 
 import os
+from collections.abc import Iterator
 from collections.abc import Mapping
 
 import jax
@@ -110,6 +113,111 @@ def local_batch_size(global_batch_size: int) -> int:
       f'processes ({num_processes}).'
     )
   return global_batch_size // num_processes
+
+
+def process_slice(
+  global_batch_size: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> slice:
+  """This process's rows of every global batch: the contiguous
+  `slice(p * b, (p + 1) * b)` with b = global_batch_size / process_count.
+
+  Args:
+    global_batch_size: B, the rows of one global batch.
+    process_index, process_count: p and P; None: this process's
+      (`jax.process_index()`, `jax.process_count()`). Tests pass them to
+      simulate several processes.
+
+  Raises:
+    ValueError: if B does not split over P processes, or p is not in
+      [0, P).
+  """
+  if process_count is None:
+    process_count = jax.process_count()
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count <= 0 or not 0 <= process_index < process_count:
+    raise ValueError(
+      f'process_index {process_index} is not one of process_count '
+      f'{process_count} processes; it must be in [0, process_count).'
+    )
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(
+      f'The global batch size {global_batch_size} does not split over '
+      f'{process_count} processes; use a positive multiple of '
+      f'{process_count}.'
+    )
+  local = global_batch_size // process_count
+  return slice(process_index * local, (process_index + 1) * local)
+
+
+def padded_eval_indices(
+  num_examples: int,
+  global_batch_size: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """This process's examples of each global batch of a fixed eval set.
+
+  Global batch k holds examples [k B, (k + 1) B) of [0, N); the last one is
+  padded to B rows with copies of example 0 and mask 0. Every process yields
+  the same ceil(N / B) batches, so the global batches line up, and every
+  example has mask 1 in exactly one row of one process.
+
+  Args:
+    num_examples: N.
+    global_batch_size: B; it must split over the processes.
+    process_index, process_count: as in `process_slice`.
+
+  Yields:
+    (index, mask): int64[b] example indices and float32[b] (1 real,
+    0 padding), with b = B / process_count.
+  """
+  rows = process_slice(global_batch_size, process_index, process_count)
+  for start in range(0, num_examples, global_batch_size):
+    index = np.arange(start + rows.start, start + rows.stop)
+    valid = index < num_examples
+    yield np.where(valid, index, 0), valid.astype(np.float32)
+
+
+def padded_eval_batches(
+  arrays: Mapping[str, np.ndarray],
+  global_batch_size: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+  """`padded_eval_indices` applied to arrays of N examples each.
+
+  Args:
+    arrays: {name: [N, ...]}, all with the same N.
+    global_batch_size, process_index, process_count: as in
+      `padded_eval_indices`.
+
+  Yields:
+    {name: [b, ...]} of this process's rows, plus 'mask': float32[b].
+
+  Raises:
+    ValueError: if the arrays differ in length, or one is named 'mask'.
+  """
+  lengths = {name: len(value) for name, value in arrays.items()}
+  if len(set(lengths.values())) > 1:
+    raise ValueError(
+      f'Eval arrays of different numbers of examples: {lengths}; every '
+      'entry needs one row per example.'
+    )
+  if 'mask' in arrays:
+    raise ValueError(
+      "An eval array is named 'mask', which padded_eval_batches adds; "
+      'rename it.'
+    )
+  num_examples = next(iter(lengths.values()), 0)
+  for index, mask in padded_eval_indices(
+    num_examples, global_batch_size, process_index, process_count
+  ):
+    batch = {name: value[index] for name, value in arrays.items()}
+    batch['mask'] = mask
+    yield batch
 
 
 def make_global_batch(

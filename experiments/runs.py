@@ -1,4 +1,10 @@
-"""Our own training runs as ready models: `load_run(workdir, step=None)`.
+"""Our own training runs as ready models, and the one weight loader.
+
+`load_run(workdir, step=None)` gives a model with its weights;
+`load_weights(path)` gives only (params, state) from either kind of source:
+our run (a workdir, its `checkpoints/` or a step directory) or a DeepMind
+released file (`.pickle`/`.pystate`, or an `.npz` converted from one).
+`is_run(path)` is the decision between the two that every loader makes.
 
   from experiments import runs
 
@@ -21,6 +27,7 @@ into `config.json`) from the run's own `config.json`, at the run's
 import importlib
 import os
 from typing import Any
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -29,6 +36,7 @@ import numpy as np
 from experiments import checkpointing
 from experiments import metrics_writer
 from experiments import precision
+from perceiver_io import pretrained
 
 # How far above a given path (a step dir's `train_state/` is 3 levels below
 # the workdir) `config.json` is searched for.
@@ -134,6 +142,87 @@ def steps(path: str) -> list[int]:
   none)."""
   found = checkpointing.checkpoint_steps(_absolute(path))
   return [] if found is None else found[1]
+
+
+class Weights(NamedTuple):
+  """What `load_weights` read.
+
+  Attributes:
+    params, state: nested dicts {module: {name: np.ndarray}}.
+    step: the checkpoint's step for our runs; None for a released file.
+    source: where they came from, for messages: the file, or the step
+      directory of a run.
+  """
+
+  params: Any
+  state: Any
+  step: int | None
+  source: str
+
+
+def is_run(path: str) -> bool:
+  """Whether `path` is one of our runs rather than a released file.
+
+  A run is a directory: a workdir, its `checkpoints/` or a step directory
+  (also on cloud storage). Anything else is taken for a released checkpoint
+  file (`perceiver_io.pretrained`). A missing path is not a run.
+  """
+  path = _absolute(path)
+  return checkpointing.is_checkpoint_dir(path) or os.path.isdir(path)
+
+
+def load_weights(path: str, step: int | None = None) -> Weights:
+  """(params, state) of our run or of a released checkpoint file.
+
+  Args:
+    path: our run's workdir, its `checkpoints/` or a step directory; or a
+      released `.pickle`/`.pystate`, or an `.npz` (`pretrained.convert`).
+    step: our checkpoint's step; None: the newest (or the step directory's).
+      Released files have no steps.
+
+  Returns:
+    `Weights(params, state, step, source)`, numpy trees.
+
+  Raises:
+    FileNotFoundError: nothing is at `path`; a directory holds no complete
+      checkpoint; or there is no checkpoint of `step` (the message lists
+      the steps there are).
+    ValueError: `step` given for a released file; or an `.npz` that cannot
+      be read or holds no parameter mapping.
+    pickle.UnpicklingError: a pickle that is empty, truncated, not a
+      pickle or asks to run code (`safe_pickle`). Every message names the
+      file.
+  """
+  path = _absolute(path)
+  if is_run(path):
+    found = checkpointing.checkpoint_steps(path)
+    if found is None:
+      raise FileNotFoundError(
+        f'{path} is a directory without checkpoints; give a workdir of a '
+        'run that saved one, a step directory in it, or a released file.'
+      )
+    directory, available = found
+    step = available[-1] if step is None else int(step)
+    params, state = checkpointing.load_params_and_state(path, step)
+    return Weights(
+      params=params,
+      state=state,
+      step=step,
+      source=os.path.join(str(directory), str(step)),
+    )
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+      f'No checkpoint at {path}: no such file or directory. Give our run '
+      "(a workdir or a step directory in it) or a released '.pickle', "
+      "'.pystate' or '.npz' file."
+    )
+  if step is not None:
+    raise ValueError(
+      f'{path} is a released checkpoint file, which has no steps; step='
+      f'{step} applies only to our runs. Leave the step out.'
+    )
+  params, state = pretrained.load_params(path)
+  return Weights(params=params, state=state, step=None, source=path)
 
 
 def load_run(path: str, step: int | None = None, experiment: str | None = None):

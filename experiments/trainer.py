@@ -88,6 +88,7 @@ from experiments import host_memory
 from experiments import metrics_writer
 from experiments import optimizers
 from experiments import parallel
+from experiments import runs
 
 Batch = Mapping[str, np.ndarray]
 Metrics = dict[str, Any]
@@ -309,17 +310,8 @@ def _load_initial_params(config, task, abstract_state):
   try:
     if task.load_init_params is not None:
       params, state = task.load_init_params(path)
-    elif checkpointing.is_checkpoint_dir(path):
-      params, state = checkpointing.load_params_and_state(path)
-    elif os.path.isdir(path):
-      raise FileNotFoundError(
-        f'{path} is a directory without checkpoints; give a workdir of a '
-        'run that saved one, a step directory in it, or a released file.'
-      )
     else:
-      from perceiver_io import pretrained
-
-      params, state = pretrained.load_params(path)
+      params, state, _, _ = runs.load_weights(path)
   except (OSError, ValueError, pickle.UnpicklingError) as e:
     if str(e).startswith('config.init_from'):  # The task's loader said so.
       raise

@@ -105,8 +105,9 @@ def attend_einsum(
   logits_dtype = jnp.float32 if low_precision else q.dtype
   # Head-major operands: XLA's CPU backend runs the batched products over
   # [B, H, N, D] blocks much faster than over heads interleaved in
-  # [B, N, H, D] (an ImageNet latent layer: 10.5 -> 8.2 ms forward, 43 ->
-  # 28.5 ms with the gradient). The transposes copy N x D per head, not N x M.
+  # [B, N, H, D] (an ImageNet latent layer: benchmarks/README.md, "Targets of
+  # the performance issue", the paragraph on the einsum path). The transposes
+  # copy N x D per head, not N x M.
   q = jnp.swapaxes(q, 1, 2)  # [B, H, N, D]
   k = jnp.swapaxes(k, 1, 2)  # [B, H, M, D]
   v = jnp.swapaxes(v, 1, 2)  # [B, H, M, Dv]

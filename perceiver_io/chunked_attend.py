@@ -298,8 +298,9 @@ def _forward_heads_apart(cfg, q, k, v, valid):
   than B * H separate products, each of which it spreads over the threads.
   With the softmax of each head in between and the normalisation applied to
   the [Q, Dv] output instead of the [Q, K] weights, an ImageNet latent
-  layer's attention (8 heads, 512 x 512, 128 channels) took 6.3 ms instead of
-  7.5 (medians of 50, this repository's 2-core development machine).
+  layer's attention (8 heads, 512 x 512, 128 channels) runs faster on a CPU
+  (measured in benchmarks/README.md, "ImageNet and optical flow with
+  `grid_attend`").
   """
   batch, heads, _, _ = q.shape
   outs, lses = [], []
@@ -332,8 +333,8 @@ def _attend_blocks(cfg, q, k, v, valid, seeds):
 
 def _attend_blocks_fwd(cfg, q, k, v, valid, seeds):
   # Under differentiation the heads stay batched: computed apart, the
-  # training step of the masked-LM latents (2 x 8 heads of 256 x 256) went
-  # from 15 to 17-18.6 ms per layer.
+  # training step of the masked-LM latents was slower (benchmarks/README.md,
+  # "ImageNet and optical flow with `grid_attend`").
   cfg = dataclasses.replace(cfg, heads_apart=False)
   out, lse = _forward(cfg, q, k, v, valid, seeds)
   packed = tuple(residuals.pack(a) for a in (q, k, v, out))

@@ -41,37 +41,6 @@ class AbstractPerceiverDecoder(hk.Module, metaclass=abc.ABCMeta):
     """Decodes [B, N, D] latents at [B, O, C] queries."""
 
 
-class ProjectionDecoder(AbstractPerceiverDecoder):
-  """Perceiver v1 head: average the latents, then a zero-initialised linear."""
-
-  def __init__(
-    self,
-    num_classes: int,
-    final_avg_before_project: bool = False,
-    name: str = 'projection_decoder',
-  ):
-    super().__init__(name=name)
-    del final_avg_before_project  # Unused, as in DeepMind's code.
-    self._num_classes = num_classes
-
-  def decoder_query(
-    self,
-    inputs,
-    modality_sizes=None,
-    inputs_without_pos=None,
-    subsampled_points=None,
-  ):
-    return None
-
-  def output_shape(self, inputs):
-    return (inputs.shape[0], self._num_classes), None
-
-  def __call__(self, query, z, *, is_training, query_mask=None):
-    """[B, N, D] -> [B, num_classes]."""
-    z = jnp.mean(z, axis=1)
-    return hk.Linear(self._num_classes, w_init=jnp.zeros, name='logits')(z)
-
-
 class BasicDecoder(AbstractPerceiverDecoder):
   """Cross-attends from position-encoding queries to the latents.
 

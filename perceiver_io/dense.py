@@ -15,14 +15,14 @@ and backward, multiplies low-precision operands into a float32 result:
 
 That is the usual mixed-precision recipe, and on CPUs with bf16 matrix units
 (Intel AMX) it is what makes bf16 fast. XLA's CPU backend (jax 0.10) hands a
-bf16 x bf16 -> float32 product to YNNPACK, which uses them: 0.8-1.6 TFLOP/s
-at the models' shapes on this repository's 2-core development machine,
-against about 0.3 for float32. A product that returns bf16 instead, as
-`jnp.dot` of two bf16 arrays does, is computed in float32. So is a product
-whose left operand is contracted over its only leading axis, as the weight
-gradient x^T @ g of a 2-D input [M, Cin] is; for inputs with two or more
-leading axes ([B, N, Cin], every caller here) XLA first copies x into
-[Cin, B * N], and the product stays in bf16.
+bf16 x bf16 -> float32 product to YNNPACK, which uses them, several times
+faster than float32 (rates in benchmarks/README.md, "bf16 on this CPU"). A
+product that returns bf16 instead, as `jnp.dot` of two bf16 arrays does, is
+computed in float32. So is a product whose left operand is contracted over
+its only leading axis, as the weight gradient x^T @ g of a 2-D input
+[M, Cin] is; for inputs with two or more leading axes ([B, N, Cin], every
+caller here) XLA first copies x into [Cin, B * N], and the product stays in
+bf16.
 """
 
 import functools

@@ -23,19 +23,17 @@ channels plus a sum of per-axis terms, and the attention output is a
 weighted sum of the content plus weighted sums over each axis of small
 tables. `grid_attend` computes exactly that: the [B, M, C] inputs and their
 [B, M, H, D] keys and values never exist, and the work per query and input
-drops from about 2 * (D + Dv) multiply-adds to about 2 * Cc + 10 operations.
-Counted from the jaxprs, the matrix products of a forward pass go from 406 to
-366 GFLOP for the ImageNet model (Cc = 3, C = 261, M = 50,176) and from 1,887
-to 1,429 GFLOP for the optical-flow model (Cc = 64, C = 322, M = 182,528).
+drops from about 2 * (D + Dv) multiply-adds to about 2 * Cc + 10 operations
+(Cc = 3, C = 261 in the ImageNet model; Cc = 64, C = 322 in the optical-flow
+model). What that saves of a forward pass's matrix products (counted from
+the jaxprs) is in benchmarks/README.md, in its opening paragraph on FLOPs;
+the times it gives are in its section "ImageNet and optical flow with
+`grid_attend`".
 
 The inputs are visited in blocks of whole grid rows with an online softmax
 (as in `chunked_attend`), and the hand-written backward pass recomputes each
 block's weights from the saved log-sum-exp, so memory grows with
-B * H * N * R * S_1 * ... rather than with B * H * N * M. Measured on the
-2-core development machine, the ImageNet encoder's attention (from the
-projected queries to the output, without its MLP) took 59-68 ms instead of
-217 ms forward and 196 ms instead of 812 ms with its gradient; the
-optical-flow encoder's, 1.2-1.5 s instead of 2.6 s and 5.3 s instead of 9.9 s.
+B * H * N * R * S_1 * ... rather than with B * H * N * M.
 """
 
 import functools

@@ -54,12 +54,22 @@ class Perceiver(hk.Module):
 
     Returns:
       The decoder's (postprocessed) outputs.
+
+    Raises:
+      ValueError: without an input preprocessor, for inputs other than a
+        [B, M, C] array.
     """
     if self._input_preprocessor is not None:
       inputs, modality_sizes, inputs_without_pos = self._input_preprocessor(
         inputs, pos=pos, is_training=is_training
       )
     else:
+      if getattr(inputs, 'ndim', None) != 3:
+        raise ValueError(
+          'Without an input_preprocessor, Perceiver takes [B, M, C] arrays; '
+          f'got {_describe(inputs)}. Pass an input_preprocessor (e.g. '
+          'preprocessors.ImagePreprocessor) for images, audio or dicts.'
+        )
       modality_sizes, inputs_without_pos = None, None
 
     # Grid inputs reach the encoder as they are; everything else gets the
@@ -88,3 +98,11 @@ class Perceiver(hk.Module):
         outputs, is_training=is_training, modality_sizes=output_modality_sizes
       )
     return outputs
+
+
+def _describe(inputs):
+  """'shape (2, 5)' for arrays, 'a dict' for anything without a shape."""
+  shape = getattr(inputs, 'shape', None)
+  if shape is None:
+    return f'a {type(inputs).__name__}'
+  return f'shape {tuple(shape)}'

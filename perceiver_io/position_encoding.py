@@ -41,9 +41,9 @@ def concat_channels(parts):
   their own before copying them; written with one dynamic-update-slice per
   part instead, each part's elementwise computation (sines, cosines, a
   broadcast) fuses into its write. The Fourier features and the inputs they
-  are concatenated to then take no memory beyond the result: at the
-  optical-flow model's 182,528 inputs, XLA's temporaries went from 0.54 to
-  0.37 GiB.
+  are concatenated to then take no memory beyond the result (the optical-flow
+  model's saving is in benchmarks/README.md, "ImageNet and optical flow with
+  `grid_attend`").
 
   Args:
     parts: arrays [..., C_i] of equal leading shapes.

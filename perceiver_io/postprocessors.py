@@ -40,9 +40,9 @@ class Conv2DUpsample(hk.Module):
       name='transp_conv_2',
     )
 
-  def __call__(self, inputs, *, is_training, test_local_stats=False):
+  def __call__(self, inputs, *, is_training):
     """[B, H, W, C] -> [B, 4H, 4W, n_outputs]."""
-    del is_training, test_local_stats
+    del is_training
     out = jax.nn.relu(self.transp_conv1(inputs))
     return self.transp_conv2(out)
 
@@ -108,6 +108,29 @@ class ImagePostprocessor(hk.Module):
       raise ValueError('postproc_type="pixels" cannot upsample.')
     if postproc_type in ('conv', 'conv1x1') and n_outputs <= 0:
       raise ValueError(f'postproc_type={postproc_type!r} needs n_outputs > 0.')
+    if postproc_type == 'conv1x1' and (
+      spatial_upsample != 1 or temporal_upsample != 1
+    ):
+      raise ValueError(
+        'postproc_type="conv1x1" maps channels only: spatial_upsample and '
+        f'temporal_upsample must be 1; got {spatial_upsample} and '
+        f'{temporal_upsample}.'
+      )
+    if postproc_type == 'conv':
+      if temporal_upsample == 1 and spatial_upsample != 4:
+        raise ValueError(
+          'postproc_type="conv" without temporal upsampling is two stride-2 '
+          f'convs: spatial_upsample must be 4; got {spatial_upsample}.'
+        )
+      for what, factor in (
+        ('spatial_upsample', spatial_upsample),
+        ('temporal_upsample', temporal_upsample),
+      ):
+        if factor < 1 or factor & (factor - 1):
+          raise ValueError(
+            f'postproc_type="conv" upsamples by 2 per layer: {what} must be '
+            f'a power of 2; got {factor}.'
+          )
     self._postproc_type = postproc_type
     self._temporal_upsample = temporal_upsample
     self._spatial_upsample = spatial_upsample
@@ -122,14 +145,24 @@ class ImagePostprocessor(hk.Module):
       else:
         self.convnet = Conv2DUpsample(n_outputs)
     elif postproc_type == 'conv1x1':
-      self.conv1x1 = hk.Conv2D(
-        n_outputs,
-        kernel_shape=[1, 1],
-        stride=[spatial_upsample, spatial_upsample],
-      )
+      self.conv1x1 = hk.Conv2D(n_outputs, kernel_shape=[1, 1])
 
   def __call__(self, inputs, *, is_training, pos=None, modality_sizes=None):
-    """[B, O, C] (reshaped by `input_reshape_size`) -> images or videos."""
+    """Decoder outputs -> images or videos.
+
+    Args:
+      inputs: [B, H, W, C] or [B, T, H, W, C]; or [B, O, C] with
+        `input_reshape_size` = (H, W) or (T, H, W), O = H*W or T*H*W.
+      is_training: unused (no layer here depends on it).
+      pos: unused.
+      modality_sizes: unused.
+
+    Returns:
+      'pixels': the inputs. 'conv1x1': [..., n_outputs]. 'conv': [B, 4H, 4W,
+      n_outputs] per frame, or [B, T*t, H*s, W*s, n_outputs] with temporal
+      upsampling t. 'patches': `reverse_space_to_depth` of the inputs.
+    """
+    del pos, modality_sizes
     if self._input_reshape_size is not None:
       inputs = jnp.reshape(
         inputs,
@@ -141,7 +174,10 @@ class ImagePostprocessor(hk.Module):
         conv = hk.BatchApply(conv)
       inputs = conv(inputs, is_training=is_training)
     elif self._postproc_type == 'conv1x1':
-      inputs = self.conv1x1(inputs)
+      conv = self.conv1x1
+      if inputs.ndim == 5:
+        conv = hk.BatchApply(conv)
+      inputs = conv(inputs)
     elif self._postproc_type == 'patches':
       inputs = patching.reverse_space_to_depth(
         inputs, self._temporal_upsample, self._spatial_upsample
@@ -204,20 +240,33 @@ class IdentityPostprocessor(hk.Module):
 class MultimodalPostprocessor(hk.Module):
   """Splits [B, O, C] by modality and applies each modality's postprocessor."""
 
-  def __init__(
-    self, modalities, input_is_dict: bool = False, name: str | None = None
-  ):
+  def __init__(self, modalities, name: str | None = None):
     super().__init__(name=name)
     self._modalities = modalities
-    self._input_is_dict = input_is_dict
 
   def __call__(self, inputs, *, is_training, pos=None, modality_sizes=None):
-    if not self._input_is_dict:
-      if modality_sizes is None:
-        raise ValueError(
-          'MultimodalPostprocessor needs modality_sizes to split a flat output.'
-        )
-      inputs = patching.restructure(modality_sizes, inputs)
+    """[B, O, C] -> {modality: that postprocessor's output}.
+
+    Args:
+      inputs: [B, O, C] decoder outputs, the modalities' outputs concatenated
+        in sorted modality order (as `MultimodalDecoder` builds them).
+      is_training: passed to each postprocessor.
+      pos: passed to each postprocessor.
+      modality_sizes: {modality: number of outputs}, summing to O.
+
+    Returns:
+      A dict of each modality's postprocessed outputs.
+    """
+    if modality_sizes is None:
+      raise ValueError(
+        'MultimodalPostprocessor needs modality_sizes to split a flat output.'
+      )
+    inputs = patching.restructure(modality_sizes, inputs)
+    if set(modality_sizes) != set(self._modalities):
+      raise ValueError(
+        f'modality_sizes names {sorted(modality_sizes)}, but the '
+        f'postprocessors are for {sorted(self._modalities)}.'
+      )
     return {
       modality: postprocessor(
         inputs[modality], is_training=is_training, pos=pos, modality_sizes=None

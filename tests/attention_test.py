@@ -7,10 +7,10 @@ import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from benchmarks import baseline
 from perceiver_io import attention
 from perceiver_io import layers
 from perceiver_io.layer_norm import layer_norm
+from perceiver_io.testing import reference
 
 SELF_ATTENTION_MODULES = {
   'self_attention/layer_norm': ('offset', 'scale'),
@@ -56,13 +56,13 @@ def _cross_attention(impl_module, q_mask=None, kv_mask=None, **kwargs):
   return hk.transform(fn)
 
 
-def _assert_same_values_and_grads(test, ours, reference, params, *inputs):
+def _assert_same_values_and_grads(test, ours, theirs, params, *inputs):
   def loss(module):
     return lambda p, *x: jnp.sum(jnp.sin(module.apply(p, None, *x)))
 
-  want, want_grads = jax.jit(
-    jax.value_and_grad(loss(reference), argnums=(0, 1))
-  )(params, *inputs)
+  want, want_grads = jax.jit(jax.value_and_grad(loss(theirs), argnums=(0, 1)))(
+    params, *inputs
+  )
   got, got_grads = jax.jit(jax.value_and_grad(loss(ours), argnums=(0, 1)))(
     params, *inputs
   )
@@ -96,7 +96,7 @@ class LayerNormTest(absltest.TestCase):
     def ours(x, scale, offset):
       return jnp.sum(jnp.sin(layer_norm(x, scale, offset)))
 
-    def reference(x, scale, offset):
+    def theirs(x, scale, offset):
       p = {'layer_norm': {'scale': scale, 'offset': offset}}
       return jnp.sum(jnp.sin(ln.apply(p, x)))
 
@@ -104,7 +104,7 @@ class LayerNormTest(absltest.TestCase):
       layer_norm(x, scale, offset), ln.apply(params, x), atol=1e-5
     )
     got = jax.grad(ours, argnums=(0, 1, 2))(x, scale, offset)
-    want = jax.grad(reference, argnums=(0, 1, 2))(x, scale, offset)
+    want = jax.grad(theirs, argnums=(0, 1, 2))(x, scale, offset)
     for g, w in zip(got, want, strict=True):
       np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
 
@@ -131,11 +131,11 @@ class SelfAttentionTest(parameterized.TestCase):
       params['self_attention/attention/linear_2']['w'].shape, (16, 12)
     )
     self.assertEqual(params['self_attention/mlp/linear']['w'].shape, (16, 32))
-    reference = _self_attention(baseline.SelfAttention).init(
+    theirs = _self_attention(reference.SelfAttention).init(
       jax.random.PRNGKey(0), x
     )
     self.assertEqual(
-      jax.tree.map(jnp.shape, params), jax.tree.map(jnp.shape, reference)
+      jax.tree.map(jnp.shape, params), jax.tree.map(jnp.shape, theirs)
     )
 
   @parameterized.product(
@@ -149,9 +149,9 @@ class SelfAttentionTest(parameterized.TestCase):
     ours = _self_attention(
       attention.SelfAttention, mask, attention_impl=implementation
     )
-    reference = _self_attention(baseline.SelfAttention, mask)
+    theirs = _self_attention(reference.SelfAttention, mask)
     params = _random_params(ours.init(jax.random.PRNGKey(0), x))
-    _assert_same_values_and_grads(self, ours, reference, params, x)
+    _assert_same_values_and_grads(self, ours, theirs, params, x)
 
   def test_bfloat16_compute_keeps_float32_params_and_outputs(self):
     x = jnp.asarray(
@@ -245,19 +245,19 @@ class CrossAttentionTest(parameterized.TestCase):
       attention_impl=implementation,
       **kwargs,
     )
-    reference = _cross_attention(
-      baseline.CrossAttention, q_mask, kv_mask, **kwargs
+    theirs = _cross_attention(
+      reference.CrossAttention, q_mask, kv_mask, **kwargs
     )
     params = _random_params(ours.init(jax.random.PRNGKey(0), x_q, x_kv))
     self.assertEqual(
       jax.tree.map(jnp.shape, params),
-      jax.tree.map(jnp.shape, reference.init(jax.random.PRNGKey(0), x_q, x_kv)),
+      jax.tree.map(jnp.shape, theirs.init(jax.random.PRNGKey(0), x_q, x_kv)),
     )
     self.assertEqual(
       params['cross_attention/attention/linear']['w'].shape,
       (16, 6 if shape_for_attn == 'kv' else 16),
     )
-    _assert_same_values_and_grads(self, ours, reference, params, x_q, x_kv)
+    _assert_same_values_and_grads(self, ours, theirs, params, x_q, x_kv)
 
   def test_query_chunks_change_nothing(self):
     rng = np.random.default_rng(3)
@@ -296,9 +296,9 @@ class CrossAttentionTest(parameterized.TestCase):
     ours = _cross_attention(
       attention.CrossAttention, kv_mask=kv_mask, attention_impl='chunked'
     )
-    reference = _cross_attention(baseline.CrossAttention, kv_mask=kv_mask)
+    theirs = _cross_attention(reference.CrossAttention, kv_mask=kv_mask)
     params = _random_params(ours.init(jax.random.PRNGKey(0), x_q, x_kv))
-    _assert_same_values_and_grads(self, ours, reference, params, x_q, x_kv)
+    _assert_same_values_and_grads(self, ours, theirs, params, x_q, x_kv)
 
   def test_output_fn_runs_inside_query_chunks(self):
     rng = np.random.default_rng(5)

@@ -53,6 +53,25 @@ class BasicDecoderTest(absltest.TestCase):
     table = params['basic_decoder/~/trainable_position_encoding']['pos_embs']
     np.testing.assert_array_equal(queries[0], table[np.array([9, 0])])
 
+  def test_concat_preprocessed_input_prepends_the_features(self):
+    def fn(inputs, inputs_without_pos):
+      decoder = decoders.BasicDecoder(
+        output_num_channels=3,
+        output_index_dims=(4,),
+        concat_preprocessed_input=True,
+        trainable_position_encoding_kwargs=dict(num_channels=5),
+      )
+      return decoder.decoder_query(
+        inputs, inputs_without_pos=inputs_without_pos
+      )
+
+    features = np.random.RandomState(0).randn(2, 4, 6).astype(np.float32)
+    queries, params = _run(fn, np.zeros((2, 4, 7), np.float32), features)
+    table = params['basic_decoder/~/trainable_position_encoding']['pos_embs']
+    self.assertEqual(queries.shape, (2, 4, 6 + 5))
+    np.testing.assert_array_equal(queries[..., :6], features)
+    np.testing.assert_array_equal(queries[1, :, 6:], table)
+
   def test_query_mask_zeroes_attention_of_masked_queries(self):
     def fn(query, z, query_mask):
       decoder = decoders.BasicDecoder(

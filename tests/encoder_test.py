@@ -1,5 +1,8 @@
 """The encoder: every loop and remat option equals DeepMind's formulation."""
 
+import subprocess
+import sys
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -7,8 +10,8 @@ import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from benchmarks import baseline
 from perceiver_io import encoder as encoder_lib
+from perceiver_io.testing import reference
 
 SIZES = dict(
   num_self_attends_per_block=2,
@@ -66,11 +69,11 @@ class EncoderTest(parameterized.TestCase):
     ours = _encoder(encoder_lib.PerceiverEncoder).init(
       jax.random.PRNGKey(0), inputs
     )
-    reference = _encoder(baseline.PerceiverEncoder).init(
+    theirs = _encoder(reference.PerceiverEncoder).init(
       jax.random.PRNGKey(0), inputs
     )
     self.assertEqual(
-      jax.tree.map(jnp.shape, ours), jax.tree.map(jnp.shape, reference)
+      jax.tree.map(jnp.shape, ours), jax.tree.map(jnp.shape, theirs)
     )
     self.assertIn(
       'perceiver_encoder/~/self_attention_1/attention/linear_3', ours
@@ -89,12 +92,10 @@ class EncoderTest(parameterized.TestCase):
     inputs = _inputs()
     mask = jnp.array([[1] * 8 + [0] * 3, [0, 1] * 5 + [1]])
     ours = _encoder(encoder_lib.PerceiverEncoder, mask, **options)
-    reference = _encoder(baseline.PerceiverEncoder, mask)
+    theirs = _encoder(reference.PerceiverEncoder, mask)
     params = _random_params(ours.init(jax.random.PRNGKey(0), inputs))
     got, (got_params, got_inputs) = _value_and_grads(ours, params, inputs)
-    want, (want_params, want_inputs) = _value_and_grads(
-      reference, params, inputs
-    )
+    want, (want_params, want_inputs) = _value_and_grads(theirs, params, inputs)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     np.testing.assert_allclose(
       got_inputs,
@@ -188,6 +189,24 @@ class EncoderTest(parameterized.TestCase):
             **dict(SIZES, **kwargs)
           )
         ).init(None)
+
+
+class ReferenceModuleTest(absltest.TestCase):
+  def test_imports_neither_tensorflow_nor_torch(self):
+    # A fresh interpreter: this one may already hold them from other tests.
+    code = (
+      'import sys\n'
+      'import perceiver_io.testing.reference\n'
+      "print(sorted({'tensorflow', 'torch'} & set(sys.modules)))\n"
+    )
+    out = subprocess.run(
+      [sys.executable, '-c', code],
+      capture_output=True,
+      text=True,
+      check=True,
+      timeout=120,
+    )
+    self.assertEqual(out.stdout.strip(), '[]')
 
 
 if __name__ == '__main__':

@@ -48,6 +48,41 @@ class ClassificationTest(parameterized.TestCase):
     self.assertEqual(glue_metrics.f1(confusion), 0.0)
     self.assertEqual(glue_metrics.accuracy(confusion), 0.5)
 
+  def test_multiclass_f1_and_confusion_match_sklearn(self):
+    labels, predictions = random_classes(5, k=3)
+    weights = np.random.default_rng(5).integers(0, 3, len(labels))
+    confusion = glue_metrics.confusion_matrix(labels, predictions, 3, weights)
+    np.testing.assert_array_equal(
+      confusion,
+      sk.confusion_matrix(labels, predictions, sample_weight=weights),
+    )
+    for positive in range(3):
+      self.assertAlmostEqual(
+        glue_metrics.f1(confusion, positive=positive),
+        sk.f1_score(
+          labels,
+          predictions,
+          labels=[positive],
+          average=None,
+          sample_weight=weights,
+        )[0],
+      )
+
+  def test_no_examples_score_zero(self):
+    # scikit-learn raises on empty input; an empty eval reads 0.
+    confusion = glue_metrics.confusion_matrix([], [], 2)
+    np.testing.assert_array_equal(confusion, np.zeros((2, 2)))
+    for metric in (
+      glue_metrics.accuracy,
+      glue_metrics.f1,
+      glue_metrics.matthews_corr,
+    ):
+      self.assertEqual(metric(confusion), 0.0)
+
+  def test_out_of_range_class_is_named(self):
+    with self.assertRaisesRegex(ValueError, r'labels hold classes 0\.\.2'):
+      glue_metrics.confusion_matrix([0, 2], [0, 1], 2)
+
   def test_weights_drop_padding(self):
     confusion = glue_metrics.confusion_matrix(
       [1, 1, 0], [1, 0, 0], 2, weights=[1, 0, 1]
@@ -88,6 +123,12 @@ class CorrelationTest(parameterized.TestCase):
     self.assertAlmostEqual(
       out['spearman'], stats.spearmanr(predictions, labels)[0]
     )
+
+  def test_undefined_correlations_are_zero(self):
+    # SciPy returns NaN (constant input) or raises (one point); we read 0.
+    for x, y in (([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]), ([1.0], [2.0]), ([], [])):
+      out = glue_metrics.regression_metrics(x, y)
+      self.assertEqual(out, {'pearson': 0.0, 'spearman': 0.0})
 
   def test_ranks_average_ties(self):
     np.testing.assert_array_equal(

@@ -8,6 +8,7 @@ import textwrap
 import jax
 import numpy as np
 from absl.testing import absltest
+from absl.testing import parameterized
 
 from experiments import parallel
 
@@ -72,6 +73,87 @@ class ParallelTest(absltest.TestCase):
     self.assertEqual(out[0], '8 (0, (2, 2)) (14, (2, 2)) True')
     self.assertIn('devices (8)', out[1])
     self.assertIn('multiple of 8', out[1])
+
+
+class ProcessShareTest(parameterized.TestCase):
+  """Several processes simulated by passing process_index/process_count."""
+
+  def test_process_slice_partitions_the_batch(self):
+    self.assertEqual(parallel.process_slice(6), slice(0, 6))  # 1 process.
+    for count in (1, 2, 4):
+      rows = [
+        np.arange(8)[parallel.process_slice(8, p, count)] for p in range(count)
+      ]
+      self.assertTrue(all(len(r) == 8 // count for r in rows))
+      np.testing.assert_array_equal(np.concatenate(rows), np.arange(8))
+
+  def test_process_slice_errors(self):
+    with self.assertRaisesRegex(
+      ValueError, 'batch size 6 does not split over 4 processes.*multiple'
+    ):
+      parallel.process_slice(6, 0, 4)
+    with self.assertRaisesRegex(ValueError, 'does not split'):
+      parallel.process_slice(0, 0, 1)
+    with self.assertRaisesRegex(
+      ValueError, r'process_index 2 is not one of process_count 2'
+    ):
+      parallel.process_slice(4, 2, 2)
+
+  @parameterized.product(
+    num_examples=(0, 1, 7, 8, 13), batch_size=(4, 8), count=(1, 2, 4)
+  )
+  def test_every_example_once_and_padding_masked(
+    self, num_examples, batch_size, count
+  ):
+    per_process = [
+      list(parallel.padded_eval_indices(num_examples, batch_size, p, count))
+      for p in range(count)
+    ]
+    num_batches = -(-num_examples // batch_size)
+    real, padding = [], 0
+    for batches in per_process:
+      self.assertLen(batches, num_batches)  # The global batches line up.
+      for index, mask in batches:
+        self.assertEqual(index.shape, (batch_size // count,))
+        self.assertEqual(mask.dtype, np.float32)
+        real.extend(index[mask == 1].tolist())
+        padding += int(np.sum(mask == 0))
+        np.testing.assert_array_equal(index[mask == 0], 0)  # Example 0.
+    self.assertCountEqual(real, range(num_examples))
+    self.assertEqual(padding, num_batches * batch_size - num_examples)
+    # Global batch k, stitched from the processes in order, is [kB, (k+1)B).
+    for k in range(num_batches):
+      stitched = np.concatenate([b[k][0] for b in per_process])
+      mask = np.concatenate([b[k][1] for b in per_process])
+      expected = np.arange(k * batch_size, (k + 1) * batch_size)
+      np.testing.assert_array_equal(stitched[mask == 1], expected[mask == 1])
+
+  def test_padded_eval_batches_gathers_every_array(self):
+    arrays = {
+      'x': np.arange(10 * 3, dtype=np.float32).reshape(10, 3),
+      'y': np.arange(10, 20),
+    }
+    batches = list(parallel.padded_eval_batches(arrays, 4, 1, 2))
+    self.assertLen(batches, 3)
+    for batch in batches:
+      self.assertEqual(set(batch), {'x', 'y', 'mask'})
+      self.assertEqual(batch['x'].shape, (2, 3))
+      self.assertEqual(batch['y'].shape, (2,))
+    # Process 1 of 2 feeds rows 2, 3 of each global batch: 2, 3, 6, 7; the
+    # last batch's rows 10, 11 are padding (copies of example 0).
+    np.testing.assert_array_equal(
+      np.concatenate([b['y'] for b in batches]), [12, 13, 16, 17, 10, 10]
+    )
+    np.testing.assert_array_equal(batches[-1]['mask'], [0, 0])
+    np.testing.assert_array_equal(batches[-1]['x'], arrays['x'][[0, 0]])
+
+  def test_padded_eval_batches_errors(self):
+    with self.assertRaisesRegex(ValueError, r"different numbers.*'b': 2"):
+      next(
+        parallel.padded_eval_batches({'a': np.zeros(3), 'b': np.zeros(2)}, 4)
+      )
+    with self.assertRaisesRegex(ValueError, "named 'mask'"):
+      next(parallel.padded_eval_batches({'mask': np.zeros(3)}, 4))
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@ import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
 
+from perceiver_io import position_encoding
 from perceiver_io import preprocessors
 
 FOURIER = dict(
@@ -80,6 +81,44 @@ class ImagePreprocessorTest(parameterized.TestCase):
     self.assertLess(
       compiled.memory_analysis().temp_size_in_bytes, features_bytes / 8
     )
+
+  def test_explicit_positions_replace_the_grid(self):
+    def fn(images, pos):
+      prep = preprocessors.ImagePreprocessor(
+        prep_type='pixels', spatial_downsample=1, **FOURIER
+      )
+      return prep(images, is_training=False, pos=pos)[0]
+
+    images = np.random.default_rng(0).normal(size=(2, 4, 4, 3))
+    images = images.astype(np.float32)
+    grid = position_encoding.build_linear_positions((4, 4)).reshape(1, 16, 2)
+    grid = np.broadcast_to(grid, (2, 16, 2))
+    transformed = hk.transform(fn)
+    default = transformed.apply({}, None, images, None)
+    np.testing.assert_allclose(
+      transformed.apply({}, None, images, grid), default, atol=1e-6
+    )
+    flipped = transformed.apply({}, None, images, -grid)
+    want = position_encoding.generate_fourier_features(-grid[0], 2, (4, 4))
+    np.testing.assert_allclose(flipped[0, :, 3:], want, atol=1e-6)
+    np.testing.assert_array_equal(flipped[..., :3], images.reshape(2, 16, 3))
+
+  def test_network_input_is_1d_false_keeps_the_grid(self):
+    def fn(images, network_input_is_1d):
+      prep = preprocessors.ImagePreprocessor(
+        prep_type='pixels', spatial_downsample=1, **FOURIER
+      )
+      return prep(
+        images, is_training=False, network_input_is_1d=network_input_is_1d
+      )
+
+    images = np.ones((2, 4, 4, 3), np.float32)
+    transformed = hk.transform(fn)
+    flat, _, _ = transformed.apply({}, None, images, True)
+    grid, _, without_pos = transformed.apply({}, None, images, False)
+    self.assertEqual(grid.shape, (2, 4, 4, 3 + 10))
+    self.assertEqual(without_pos.shape, (2, 4, 4, 3))
+    np.testing.assert_array_equal(np.reshape(grid, flat.shape), flat)
 
   def test_extra_pos_mlp_and_add(self):
     def fn(images):

@@ -1,4 +1,4 @@
-"""The straightforward formulation, for side-by-side comparisons.
+"""The straightforward reference formulation, for tests and benchmarks.
 
 Shape letters: B batch, N queries, M keys, C channels, H heads, D channels
 per head.
@@ -13,6 +13,11 @@ parameters runs through both formulations in one process.
 trace with these modules in place of the library's encoder and
 cross-attention layers (preprocessors, decoders' query builders and
 postprocessors are shared).
+
+`tests/encoder_test.py` and `tests/attention_test.py` check the library's
+layers against these modules; `benchmarks/` times them as 'straightforward'.
+Like the rest of `perceiver_io`, this module imports only jax, haiku and
+numpy.
 """
 
 import contextlib
