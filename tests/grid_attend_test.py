@@ -253,11 +253,12 @@ class ModelOnGridTest(parameterized.TestCase):
       out, _ = model.apply(params, state, None, is_training=True, **inputs)
       return jnp.mean(jnp.square(out)), out
 
-    (_, out), grads = jax.value_and_grad(
-      lambda p: loss(grid_model, p), has_aux=True
+    # Compiled: eager differentiation of these models is slower.
+    (_, out), grads = jax.jit(
+      jax.value_and_grad(lambda p: loss(grid_model, p), has_aux=True)
     )(params)
-    (_, want), want_grads = jax.value_and_grad(
-      lambda p: loss(dense_model, p), has_aux=True
+    (_, want), want_grads = jax.jit(
+      jax.value_and_grad(lambda p: loss(dense_model, p), has_aux=True)
     )(params)
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
     for got, expected in zip(

@@ -116,7 +116,7 @@ class ArchitecturesTest(parameterized.TestCase):
       out, _ = model.apply(params, state, None, is_training=True, **inputs)
       return sum(jnp.mean(jnp.square(x)) for x in jax.tree.leaves(out))
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)  # Compiled: eager is slower.
     no_grad = {
       f'{module}:{leaf}'
       for module, leaves in grads.items()
