@@ -264,6 +264,18 @@ def bilinear_sample(image, y, x):
   return top * (1 - dy) + bottom * dy
 
 
+# The `random_smooth_flow` arguments that set the motion: the fields of
+# `config.data.synthetic` that a run's config.json records.
+FLOW_FIELDS = (
+  'max_translation',
+  'max_affine',
+  'local_amplitude',
+  'local_cycles',
+  'num_waves',
+  'max_motion',
+)
+
+
 def random_smooth_flow(
   rng,
   size,

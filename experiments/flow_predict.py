@@ -93,14 +93,7 @@ def training_motion(checkpoint):
   synthetic = data['synthetic']
   flow_kwargs = {
     key: synthetic[key]
-    for key in (
-      'max_translation',
-      'max_affine',
-      'local_amplitude',
-      'local_cycles',
-      'num_waves',
-      'max_motion',
-    )
+    for key in flow_datasets.FLOW_FIELDS
     if key in synthetic  # Runs from before `max_motion` lack it.
   }
   train_size = tuple(config['model']['train_size'])

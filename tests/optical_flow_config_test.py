@@ -72,17 +72,7 @@ class ConfigTest(parameterized.TestCase):
     config = flow_config.get_config('local')
     synthetic = config.data.synthetic.to_dict()
     size = tuple(config.model.train_size)
-    flow_kwargs = {
-      k: synthetic[k]
-      for k in (
-        'max_translation',
-        'max_affine',
-        'local_amplitude',
-        'local_cycles',
-        'num_waves',
-        'max_motion',
-      )
-    }
+    flow_kwargs = {k: synthetic[k] for k in flow_datasets.FLOW_FIELDS}
     stats = flow_datasets.motion_statistics(size, flow_kwargs, num_pairs=300)
     self.assertGreaterEqual(stats['mean'], 2.5)
     self.assertLessEqual(stats['max'], 8.0 + 1e-5)
