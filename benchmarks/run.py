@@ -14,7 +14,7 @@ JSON lines to `--out`.
 Other uses:
   --experiment_config=configs/image_classification.py:digits  (config.model)
   --image_size=1000,1000  (ImageNet architectures at another resolution)
-  --override=encoder.remat_blocks=True  (any model config key; repeatable)
+  --override=runtime.remat_blocks=True  (any model config key; repeatable)
   --device  (GPU: ours only, float32 and bf16, cuDNN ('auto') vs 'chunked')
 """
 
@@ -61,7 +61,7 @@ flags.DEFINE_list(
   'With --device, the variants to measure instead of the default three, '
   "each '<compute_dtype>:<attention_impl>[:<key>=<value>]', the last a model "
   'config override of that variant alone, e.g. float32:auto,'
-  'float32:auto:input_preprocessor.grid_inputs=False.',
+  'float32:auto:runtime.grid_inputs=False.',
 )
 flags.DEFINE_bool(
   'interleave',

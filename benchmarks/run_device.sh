@@ -38,7 +38,7 @@ for arch in $ARCHS; do
   echo "=== $arch (batch $(batch_size "$arch")) $(date +%T)" | tee -a "$OUT/device.log"
   python3 -m benchmarks.run --device --arch="$arch" \
     --batch_size="$(batch_size "$arch")" --repeats=5 \
-    --override=encoder.scan_layers=True --timeout="$PER_ARCH_TIMEOUT" \
+    --override=runtime.scan_layers=True --timeout="$PER_ARCH_TIMEOUT" \
     --out="$OUT/device.jsonl" ${EXTRA_ARGS:-} 2>&1 \
     | grep -v -i warning | tee -a "$OUT/device.log"
 done

@@ -55,6 +55,7 @@ def _point(spec):
 
   from benchmarks import measure
   from perceiver_io import encoder as encoder_lib
+  from perceiver_io import runtime as runtime_lib
   from perceiver_io.testing import reference
 
   impl, size = spec['impl'], spec['size']
@@ -63,7 +64,9 @@ def _point(spec):
     if impl == 'straightforward':
       encoder = reference.PerceiverEncoder(**ENCODER)
     else:
-      encoder = encoder_lib.PerceiverEncoder(**ENCODER, attention_impl=impl)
+      encoder = encoder_lib.PerceiverEncoder(
+        **ENCODER, runtime=runtime_lib.Runtime(attention_impl=impl)
+      )
     return encoder(inputs, encoder.latents(inputs), is_training=False)
 
   model = hk.without_apply_rng(hk.transform(forward))

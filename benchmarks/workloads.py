@@ -8,7 +8,6 @@ set of random parameters, for our implementation ('ours') or the
 straightforward one ('straightforward', `perceiver_io.testing.reference`).
 """
 
-import contextlib
 import dataclasses
 import importlib.util
 import os
@@ -20,7 +19,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from perceiver_io import attention
 from perceiver_io import models
 from perceiver_io.testing import reference
 
@@ -63,9 +61,9 @@ def model_config(spec):
     if name not in models.IMAGENET_ARCHITECTURES:
       raise ValueError('--image_size applies to the ImageNet architectures.')
     config.image_size = size  # The Fourier max_resolution follows.
-  for section in ('encoder', 'decoder'):
-    if section in config and 'attention_impl' in config[section]:
-      config[section].attention_impl = spec.get('attention_impl', 'einsum')
+  if 'runtime' in config:  # The straightforward reference has none.
+    config.runtime.attention_impl = spec.get('attention_impl', 'einsum')
+    config.runtime.compute_dtype = spec.get('compute_dtype') or 'float32'
   for key, value in spec.get('overrides', {}).items():
     node = config
     *parents, leaf = key.split('.')
@@ -138,7 +136,7 @@ def build_workload(spec):
   # The parameters are initialised on the host and then moved: on an H100
   # the stage that built the model and its parameters took 33-87 s per
   # variant; on 2 CPU cores it takes 11-13 s (MLM, flow).
-  with dtype_scope(spec), jax.default_device(jax.devices('cpu')[0]):
+  with jax.default_device(jax.devices('cpu')[0]):
     params, state = jax.jit(lambda r: model.init(r, **inputs))(
       jax.random.PRNGKey(0)
     )
@@ -170,19 +168,15 @@ def build_workload(spec):
   del params
 
   def compile_forward():
-    with dtype_scope(spec):
-      holder['forward'] = forward_jit.lower(
-        holder['params'], state, inputs
-      ).compile()
+    holder['forward'] = forward_jit.lower(
+      holder['params'], state, inputs
+    ).compile()
     return holder['forward']
 
   def compile_train():
     params = holder.pop('params')
     train_state = (params, state, optimizer.init(params))
-    with dtype_scope(spec):
-      holder['update'] = update_jit.lower(
-        train_state, inputs, targets
-      ).compile()
+    holder['update'] = update_jit.lower(train_state, inputs, targets).compile()
     holder['train_state'] = train_state
     return holder['update']
 
@@ -204,10 +198,3 @@ def build_workload(spec):
     compile_forward=compile_forward,
     compile_train=compile_train,
   )
-
-
-def dtype_scope(spec):
-  """The bf16 policy's scope when the spec asks for a compute dtype."""
-  if spec.get('compute_dtype'):
-    return attention.compute_dtype_scope(spec['compute_dtype'])
-  return contextlib.nullcontext()

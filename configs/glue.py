@@ -22,7 +22,7 @@ import ml_collections
 
 from configs import masked_lm as masked_lm_config
 from experiments import config_utils
-from experiments import glue_data
+from experiments.glue import data as task_data
 from perceiver_io import models
 
 VARIANTS = ('paper', 'local')
@@ -31,7 +31,7 @@ VARIANTS = ('paper', 'local')
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The config of one task; see the module docstring."""
   args = config_utils.parse_arg(arg, task='cola', variant='paper', tiny=False)
-  glue_data.task_info(args.task)
+  task_data.task_info(args.task)
   if args.variant not in VARIANTS:
     raise ValueError(
       f'Unknown variant {args.variant!r}; use one of {VARIANTS}.'

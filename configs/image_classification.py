@@ -41,7 +41,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.variant = args.variant
   config.label_smoothing = 0.1
-  config.compute_dtype = 'float32'
   model = models.get_config(VARIANTS[args.variant])
   model.architecture = VARIANTS[args.variant]
   config.model = model

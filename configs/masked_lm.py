@@ -27,7 +27,7 @@ Config argument: `<variant>[,tiny]` with variant `local` (default) or
 import ml_collections
 
 from experiments import config_utils
-from experiments import mlm_data
+from experiments.masked_lm import data as task_data
 from perceiver_io import models
 
 VARIANTS = ('local', 'paper')
@@ -85,7 +85,7 @@ def _data_defaults():
       eval_mask_token_prob=1.0,
       eval_random_token_prob=0.0,
       eval_seed=1234,
-      tfds_names=(mlm_data.C4, mlm_data.WIKIPEDIA),
+      tfds_names=(task_data.C4, task_data.WIKIPEDIA),
       tfds_weights=(0.7, 0.3),
       tfds_train_split='train',
       tfds_eval_split='validation',

@@ -8,7 +8,7 @@ warped with known smooth random flow, on 32x32 frames, moving by up to
 `data.synthetic.max_motion` = 8 px, mean |flow| about 3.5 px) and reaches
 eval/epe <= 0.6 x eval/zero_flow_epe on held-out pairs within 20 minutes on
 2 CPU cores (see docs/optical_flow.md for the measured curve). The model
-knows motions up to that range only: `experiments.flow_predict` warns when
+knows motions up to that range only: `experiments.optical_flow.predict` warns when
 asked about more.
 
   python -m experiments.optical_flow \
@@ -68,7 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def _data_defaults():
   return ml_collections.ConfigDict(
     dict(
-      name='synthetic',  # or a key of flow_datasets.DATASETS.
+      name='synthetic',  # or a key of optical_flow.datasets.DATASETS.
       root='',
       num_workers=8,
       # In-training evaluation: 'synthetic', '' (none) or a dataset name
@@ -87,7 +87,7 @@ def _data_defaults():
         hue=0.5 / 3.14159,
         asymmetric_prob=0.2,
       ),
-      # flow_datasets.SyntheticFlowPairs arguments.
+      # optical_flow.datasets.SyntheticFlowPairs arguments.
       synthetic=dict(
         scales=(1.0, 0.5),
         holdout_fraction=0.25,
@@ -97,7 +97,7 @@ def _data_defaults():
         local_cycles=1.0,
         num_waves=4,
         # The longest flow vector in pixels: a model trained on these pairs
-        # knows motions up to here (experiments.flow_predict warns beyond).
+        # knows motions up to here (experiments.optical_flow.predict warns beyond).
         max_motion=2.5,
         min_texture=4.0,
         max_tries=20,

@@ -22,7 +22,7 @@ their traceback.
 
 Logs: the training programs keep absl INFO (the progress line) but drop the
 checkpoint library's (orbax's) records below WARNING; the tools
-(`tool=True`: fill_mask, flow_predict), whose output is their answer, show
+(`tool=True`: masked_lm.fill_mask, optical_flow.predict), whose output is their answer, show
 only warnings and errors, and none of orbax's below ERROR (its warnings there
 are about the read-only way we open checkpoints). `--verbosity` or `-v`
 given on the command line wins.
@@ -85,7 +85,7 @@ def run(main: Callable[[list[str]], Any], *, tool: bool = False) -> None:
 
   Args:
     main: the absl main, `main(argv)`.
-    tool: a command whose output is its answer (fill_mask, flow_predict):
+    tool: a command whose output is its answer (masked_lm.fill_mask, optical_flow.predict):
       only warnings and errors are logged.
   """
   define_flags()
@@ -129,7 +129,13 @@ def fail(text: str, status: int, hint: str = _HINT) -> None:
 
 
 def program_name() -> str:
-  """'image_classification' for `python -m experiments.image_classification`."""
+  """'image_classification' for `python -m experiments.image_classification`.
+
+  A command inside a task package keeps its package: 'optical_flow.predict'.
+  """
+  spec = getattr(sys.modules.get('__main__'), '__spec__', None)
+  if spec is not None and spec.name.startswith('experiments.'):
+    return spec.name.removeprefix('experiments.').removesuffix('.__main__')
   return os.path.splitext(os.path.basename(sys.argv[0] or 'python'))[0]
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import ml_collections
 
+from perceiver_io import runtime as runtime_lib
+
 
 def add_trainer_fields(
   config: ml_collections.ConfigDict, **overrides: Any
@@ -47,8 +49,6 @@ def add_trainer_fields(
     init_from='',
     mode='train',
     grad_accum_steps=1,
-    # 'float32' or 'bfloat16' (mixed precision: experiments/precision.py).
-    compute_dtype='float32',
   )
   for key, value in defaults.items():
     if key not in config:
@@ -286,3 +286,46 @@ def format_changes(changes, limit: int = 8) -> str:
   if len(changes) > limit:
     shown.append(f'and {len(changes) - limit} more')
   return '; '.join(shown)
+
+
+def upgrade_config_record(record: Mapping[str, Any]) -> dict[str, Any]:
+  """A `config.json` dict of an earlier version, in today's keys.
+
+  Earlier versions kept how the model runs in several places: the
+  experiment's `compute_dtype`, and `attention_impl`, `remat_*`, `scan_*`,
+  `compute_dtype` and `grid_inputs` in the sections of the model config.
+  They now live in `model.runtime` alone; this moves them there (the
+  encoder's value first, since it is where they were set), so that runs of
+  earlier versions resume and load. A record in today's keys is returned
+  as it is.
+  """
+  record = dict(record)
+  model = record.get('model')
+  if not isinstance(model, Mapping):
+    return record
+  model = {
+    key: dict(value) if isinstance(value, Mapping) else value
+    for key, value in model.items()
+  }
+  runtime = dict(model.get('runtime') or {})
+  legacy = False
+  sections = sorted(
+    (key for key, value in model.items() if isinstance(value, dict)),
+    key=lambda key: key != 'encoder',
+  )
+  for section in sections:
+    if section == 'runtime':
+      continue
+    for field in runtime_lib.FIELDS:
+      if field in model[section]:
+        value = model[section].pop(field)
+        legacy = True
+        if value is not None:
+          runtime.setdefault(field, value)
+  if 'compute_dtype' in record:
+    runtime['compute_dtype'] = record.pop('compute_dtype')
+    legacy = True
+  if legacy:
+    model['runtime'] = runtime_lib.config(**runtime).to_dict()
+    record['model'] = model
+  return record

@@ -37,8 +37,20 @@ def config_record(config, run=None, **resolved: Any) -> dict[str, Any]:
   return json.loads(json.dumps(data, default=str))
 
 
+# The program modules of the version before one package per task.
+_EARLIER_PROGRAMS = (
+  'experiments.image_classification',
+  'experiments.masked_lm',
+  'experiments.optical_flow',
+  'experiments.glue',
+)
+
+
 def read_config(workdir: str) -> dict[str, Any] | None:
-  """`workdir/config.json` as a dict; None if there is none.
+  """`workdir/config.json` as a dict, in today's keys; None if there is none.
+
+  A config of an earlier version has its keys moved where they live now
+  (`config_utils.upgrade_config_record`).
 
   Raises:
     ValueError: if the file is not a JSON object, naming it.
@@ -59,6 +71,12 @@ def read_config(workdir: str) -> dict[str, Any] | None:
     raise ValueError(
       f'{path} holds a {type(data).__name__}, not a config object.'
     )
+  data = config_utils.upgrade_config_record(data)
+  run = data.get(RUN_KEY)
+  if isinstance(run, dict) and run.get('experiment') in _EARLIER_PROGRAMS:
+    # Earlier versions recorded the flat program module; `build_model` now
+    # lives in the task package's `train` module.
+    data[RUN_KEY] = dict(run, experiment=run['experiment'] + '.train')
   return data
 
 

@@ -35,7 +35,6 @@ import numpy as np
 
 from experiments import checkpointing
 from experiments import metrics_writer
-from experiments import precision
 from perceiver_io import pretrained
 
 # How far above a given path (a step dir's `train_state/` is 3 levels below
@@ -52,7 +51,7 @@ class Run:
     params, state: numpy trees from the checkpoint.
     config: the run's config (`config.json`, resolved values included, the
       `run` entry left out), lists turned back into tuples.
-    experiment: the module that trained it, e.g. 'experiments.masked_lm'.
+    experiment: the module that trained it, e.g. 'experiments.masked_lm.train'.
     step: the checkpoint's step.
     workdir: the run's directory (the one holding `config.json`).
     checkpoint_dir: the step directory; `config.init_from` accepts it.
@@ -232,7 +231,7 @@ def load_run(path: str, step: int | None = None, experiment: str | None = None):
     path: the run's workdir (or its `checkpoints/`, or a step directory).
     step: the checkpoint's step; None: the newest.
     experiment: the module that trained the run, e.g.
-      'experiments.masked_lm'. Needed only for runs whose `config.json` does
+      'experiments.masked_lm.train'. Needed only for runs whose `config.json` does
       not say (written before it recorded it); if both are given, they must
       agree.
 
@@ -287,7 +286,7 @@ def load_run(path: str, step: int | None = None, experiment: str | None = None):
       f'{module_name} has no build_model(config), so load_run cannot build '
       f'the model of {workdir}.'
     )
-  model = precision.wrap(module.build_model(config), config)
+  model = module.build_model(config)
   ckpt = os.path.join(str(directory), str(step))
   params, state = checkpointing.load_params_and_state(ckpt)
   return Run(
@@ -312,7 +311,7 @@ def _experiment(recorded, requested, workdir):
     raise ValueError(
       f'{os.path.join(workdir, metrics_writer.CONFIG_FILE)} does not say '
       'which experiment trained the run (runs started before it was '
-      "recorded); pass experiment=, e.g. 'experiments.image_classification'."
+      "recorded); pass experiment=, e.g. 'experiments.image_classification.train'."
     )
   return name
 

@@ -338,6 +338,22 @@ def _with_context(error, context):
     return ValueError(text)
 
 
+def check_compute_dtype(config: ml_collections.ConfigDict) -> None:
+  """Refuses a float16 `model.runtime.compute_dtype` for training.
+
+  float16 gradients underflow without loss scaling, which this trainer does
+  not do; bfloat16 has float32's range. (Inference may use float16.)
+  """
+  model = config.get('model') or {}
+  runtime = model.get('runtime') or {}
+  dtype = runtime.get('compute_dtype', 'float32')
+  if dtype == 'float16':
+    raise ValueError(
+      'config.model.runtime.compute_dtype=float16 needs loss scaling, which '
+      "the trainer does not do; use 'bfloat16' (or 'float32')."
+    )
+
+
 def check_workdir(workdir: str) -> None:
   """Creates `workdir` if needed.
 
@@ -361,9 +377,11 @@ def check_workdir(workdir: str) -> None:
 # Keys that may differ when a run resumes: when and how it logs, evaluates
 # and saves, and where eval batches and the initial weights come from
 # (`init_from` is only read by a fresh run). They change what is recorded,
-# not what is computed. Everything else (the batch size, the model, the data,
-# the optimizer and also `num_train_steps`/`num_epochs`, which set the
-# learning-rate schedule) needs `allow_config_change`.
+# not what is computed. `model.runtime` (how the model runs: attention
+# implementation, compute dtype, remat...) changes the results by round-off
+# at most and never the parameters. Everything else (the batch size, the
+# model, the data, the optimizer and also `num_train_steps`/`num_epochs`,
+# which set the learning-rate schedule) needs `allow_config_change`.
 RESUMABLE_KEYS = (
   'log_every_steps',
   'eval_every_steps',
@@ -374,12 +392,13 @@ RESUMABLE_KEYS = (
   'mode',
   'init_from',
   'data.data_dir',
+  'model.runtime',
   metrics_writer.RUN_KEY,
 )
 
 
 def _experiment_of(task) -> str | None:
-  """The module that defined the task ('experiments.masked_lm'), or None."""
+  """The module that defined the task ('experiments.masked_lm.train'), or None."""
   return _module_of(task.loss_fn)
 
 
@@ -546,7 +565,7 @@ def train_and_evaluate(
       `config.<step>.json`.
     run_info: what started the run, stored as `config.json`'s `run` entry
       (`experiment`: the module whose `build_model(config)` builds the
-      model, e.g. 'experiments.masked_lm'; `config`: the `--config` flag).
+      model, e.g. 'experiments.masked_lm.train'; `config`: the `--config` flag).
       Default: the module that defined `task.loss_fn`.
 
   Returns:
@@ -576,6 +595,7 @@ def train_and_evaluate(
   mode = config.get('mode', 'train')
   if mode not in ('train', 'eval'):
     raise ValueError(f"config.mode must be 'train' or 'eval'; got {mode!r}.")
+  check_compute_dtype(config)
   writer = metrics_writer.MetricsWriter(workdir)
   _record_config(
     config,

@@ -17,6 +17,7 @@ import numpy as np
 from perceiver_io import attention
 from perceiver_io import patching
 from perceiver_io import position_encoding
+from perceiver_io import runtime as runtime_lib
 
 
 class AbstractPerceiverDecoder(hk.Module, metaclass=abc.ABCMeta):
@@ -64,7 +65,7 @@ class BasicDecoder(AbstractPerceiverDecoder):
     num_heads: int = 1,
     name: str = 'basic_decoder',
     final_project: bool = True,
-    attention_impl: str = 'einsum',
+    runtime: runtime_lib.Runtime = runtime_lib.DEFAULT,
     **position_encoding_kwargs,
   ):
     super().__init__(name=name)
@@ -111,7 +112,7 @@ class BasicDecoder(AbstractPerceiverDecoder):
     self._final_project = final_project
     self._num_heads = num_heads
     self._concat_preprocessed_input = concat_preprocessed_input
-    self._attention_impl = attention_impl
+    self._runtime = runtime
 
   def output_shape(self, inputs):
     return (
@@ -197,7 +198,7 @@ class BasicDecoder(AbstractPerceiverDecoder):
       qk_channels=self._qk_channels,
       v_channels=self._v_channels,
       use_query_residual=self._use_query_residual,
-      attention_impl=self._attention_impl,
+      runtime=self._runtime,
     )
     output_fn = None
     if self._final_project:

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from perceiver_io import attention
-from perceiver_io import layers
 from perceiver_io import position_encoding
+from perceiver_io import runtime as runtime_lib
 
 
 class PerceiverEncoder(hk.Module):
@@ -30,19 +30,11 @@ class PerceiverEncoder(hk.Module):
   The `num_self_attends_per_block` self-attention layers form one block,
   applied `num_blocks` times with the same weights.
 
-  Speed and memory options (none changes the parameters or the results
-  beyond float32 round-off):
-    scan_blocks: loop over the `num_blocks` repetitions with `lax.scan`
-      (default), the shared weights being loop invariants. This compiles one
-      block instead of all of them.
-    scan_layers: also loop over the layers of a block, their weights stacked
-      (copied) along a leading axis each step: slower per step on CPU, but it
-      compiles one layer instead of a block.
-    remat_blocks: recompute each block's activations in the backward pass
-      instead of storing them (saves memory when `num_blocks > 1`).
-    remat_layers: the same per self-attention layer.
-    compute_dtype: e.g. 'bfloat16' for bf16 matrix products with float32
-      parameters, LayerNorm and softmax.
+  How it runs is `runtime` (`runtime.Runtime`): its attention
+  implementation and compute dtype reach every layer, and `scan_blocks`,
+  `scan_layers`, `remat_blocks` and `remat_layers` choose how the latent
+  stack loops and what its backward pass stores. None of them changes the
+  parameters.
   """
 
   def __init__(
@@ -62,12 +54,7 @@ class PerceiverEncoder(hk.Module):
     z_pos_enc_init_scale: float = 0.02,
     cross_attention_shape_for_attn: str = 'kv',
     use_query_residual: bool = True,
-    attention_impl: str = 'einsum',
-    remat_blocks: bool = False,
-    remat_layers: bool = False,
-    scan_blocks: bool = True,
-    scan_layers: bool = False,
-    compute_dtype: str | None = None,
+    runtime: runtime_lib.Runtime = runtime_lib.DEFAULT,
     name: str = 'perceiver_encoder',
   ):
     super().__init__(name=name)
@@ -98,10 +85,11 @@ class PerceiverEncoder(hk.Module):
           f'({num_cross_attend_heads}).'
         )
     self._num_blocks = num_blocks
-    self._remat_blocks = remat_blocks
-    self._remat_layers = remat_layers
-    self._scan_blocks = scan_blocks
-    self._scan_layers = scan_layers
+    if not isinstance(runtime, runtime_lib.Runtime):
+      raise TypeError(
+        f'runtime must be a perceiver_io.runtime.Runtime; got {runtime!r}.'
+      )
+    self._runtime = runtime
     self._num_z_channels = num_z_channels
     self.z_pos_enc = position_encoding.TrainablePositionEncoding(
       index_dim=z_index_dim,
@@ -117,8 +105,7 @@ class PerceiverEncoder(hk.Module):
       qk_channels=qk_channels,
       v_channels=v_channels,
       use_query_residual=use_query_residual,
-      attention_impl=attention_impl,
-      compute_dtype=compute_dtype,
+      runtime=runtime,
     )
     self.self_attends = [
       attention.SelfAttentionParams(
@@ -128,8 +115,7 @@ class PerceiverEncoder(hk.Module):
         qk_channels=qk_channels,
         v_channels=v_channels,
         widening_factor=self_attend_widening_factor,
-        attention_impl=attention_impl,
-        compute_dtype=compute_dtype,
+        runtime=runtime,
       )
       for _ in range(num_self_attends_per_block)
     ]
@@ -142,7 +128,7 @@ class PerceiverEncoder(hk.Module):
     """Encodes.
 
     Args:
-      inputs: [B, M, C] preprocessed inputs, or a `grid_attend.GridInputs`.
+      inputs: [B, M, C] preprocessed inputs, or a `ops.grid.GridInputs`.
       z: [B, N, D] initial latents, from `latents`.
       is_training: enables dropout.
       input_mask: optional [B, M]; inputs with 0 are not attended to.
@@ -172,23 +158,19 @@ class PerceiverEncoder(hk.Module):
     spec = self.self_attends[0].spec(channels)
     # Each layer's parameters, created under its own name.
     weights = [layer(channels) for layer in self.self_attends]
-    rng = None
-    if is_training and (
-      spec.dropout_prob > 0.0 or spec.dropout_attn_prob > 0.0
-    ):
-      rng = hk.next_rng_key()
+    rng = hk.next_rng_key() if attention.needs_rng(spec, is_training) else None
     num_layers = len(weights)
 
     def layer_fn(z, w, index):
       layer_rng = None if rng is None else jax.random.fold_in(rng, index)
-      return layers.self_attention(
+      return attention.self_attention(
         spec, w, z, is_training=is_training, rng=layer_rng
       )
 
-    if self._remat_layers:
+    if self._runtime.remat_layers:
       layer_fn = jax.checkpoint(layer_fn)
 
-    if self._scan_layers:
+    if self._runtime.scan_layers:
       stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *weights)  # [L, ...]
 
       def block_fn(z, block):
@@ -205,9 +187,9 @@ class PerceiverEncoder(hk.Module):
           z = layer_fn(z, w, block * num_layers + layer)
         return z
 
-    if self._remat_blocks:
+    if self._runtime.remat_blocks:
       block_fn = jax.checkpoint(block_fn)
-    if self._scan_blocks and self._num_blocks > 1:
+    if self._runtime.scan_blocks and self._num_blocks > 1:
       # The shared weights are loop invariants: nothing is copied per block.
       z, _ = lax.scan(
         lambda z, block: (block_fn(z, block), None),

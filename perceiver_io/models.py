@@ -6,12 +6,15 @@ V vocabulary, K classes, A audio samples.
 `get_config(name)` returns an `ml_collections.ConfigDict` with the sizes of
 DeepMind's released checkpoint. Its sections are constructor kwargs
 (`config.encoder` is `PerceiverEncoder(**config.encoder)`), so any size can be
-changed. `build(name, config)` returns a `Model` holding the pure `init` and
+changed, except `config.runtime`: how the model runs (attention
+implementation, compute dtype, grid inputs, scan, remat, chunk sizes; see
+`runtime.py`), set once for every layer. `build(name, config)` returns a `Model` holding the pure `init` and
 `apply` functions of `hk.transform_with_state`.
 """
 
 import dataclasses
 import functools
+import types
 from collections.abc import Callable
 
 import haiku as hk
@@ -26,6 +29,7 @@ from perceiver_io import patching
 from perceiver_io import perceiver
 from perceiver_io import postprocessors
 from perceiver_io import preprocessors
+from perceiver_io import runtime as runtime_lib
 
 LANGUAGE = 'language_perceiver_io_bytes'
 IMAGENET_FOURIER = 'imagenet_fourier_position_encoding'
@@ -44,14 +48,16 @@ ARCHITECTURES = (
 IMAGENET_ARCHITECTURES = (IMAGENET_FOURIER, IMAGENET_LEARNED, IMAGENET_CONV)
 
 # The input names each architecture's model takes, besides `is_training`.
-INPUT_NAMES = {
-  LANGUAGE: ('inputs', 'input_mask'),
-  IMAGENET_FOURIER: ('images',),
-  IMAGENET_LEARNED: ('images',),
-  IMAGENET_CONV: ('images',),
-  OPTICAL_FLOW: ('frames',),
-  VIDEO_AUTOENCODING: ('images', 'audio', 'image_points', 'audio_points'),
-}
+INPUT_NAMES = types.MappingProxyType(
+  {
+    LANGUAGE: ('inputs', 'input_mask'),
+    IMAGENET_FOURIER: ('images',),
+    IMAGENET_LEARNED: ('images',),
+    IMAGENET_CONV: ('images',),
+    OPTICAL_FLOW: ('frames',),
+    VIDEO_AUTOENCODING: ('images', 'audio', 'image_points', 'audio_points'),
+  }
+)
 
 
 # --- Configs -----------------------------------------------------------------
@@ -85,12 +91,6 @@ def _encoder(**overrides):
     z_pos_enc_init_scale=0.02,
     cross_attention_shape_for_attn='kv',
     use_query_residual=True,
-    attention_impl='auto',
-    remat_blocks=False,
-    remat_layers=False,
-    scan_blocks=True,
-    scan_layers=False,
-    compute_dtype=None,
   )
   kwargs.update(overrides)
   return kwargs
@@ -115,7 +115,6 @@ def _language_config():
       num_heads=8,
       qk_channels=256,
       use_query_residual=False,
-      attention_impl='auto',
     ),
   )
 
@@ -127,7 +126,6 @@ def _imagenet_decoder(use_query_residual):
     position_encoding_type='trainable',
     trainable_position_encoding_kwargs=dict(init_scale=0.02, num_channels=1024),
     use_query_residual=use_query_residual,
-    attention_impl='auto',
   )
 
 
@@ -138,7 +136,6 @@ def _imagenet_config(name):
       spatial_downsample=1,
       position_encoding_type='fourier',
       fourier_position_encoding_kwargs=_fourier(64),
-      grid_inputs=True,
     )
     decoder = _imagenet_decoder(use_query_residual=True)
   elif name == IMAGENET_LEARNED:
@@ -160,7 +157,6 @@ def _imagenet_config(name):
       spatial_downsample=4,
       position_encoding_type='fourier',
       fourier_position_encoding_kwargs=_fourier(64),
-      grid_inputs=True,
     )
     decoder = _imagenet_decoder(use_query_residual=True)
   return dict(
@@ -184,7 +180,6 @@ def _flow_config():
       n_extra_pos_mlp=0,
       position_encoding_type='fourier',
       fourier_position_encoding_kwargs=_fourier(64),
-      grid_inputs=True,
     ),
     encoder=_encoder(
       num_self_attends_per_block=24,
@@ -199,7 +194,6 @@ def _flow_config():
       output_num_channels=2,
       position_encoding_type='fourier',
       fourier_position_encoding_kwargs=_fourier(64),
-      attention_impl='auto',
     ),
   )
 
@@ -239,7 +233,6 @@ def _video_config():
       output_num_channels=512,
       use_query_residual=False,
       min_padding_size=2,
-      attention_impl='auto',
     ),
     image_decoder=dict(
       output_num_channels=512,
@@ -274,6 +267,7 @@ def get_config(name: str) -> ml_collections.ConfigDict:
     config = _flow_config()
   else:
     config = _video_config()
+  config['runtime'] = runtime_lib.config()
   return ml_collections.ConfigDict(config)
 
 
@@ -354,6 +348,31 @@ def resolve_sizes(
   return config, derived
 
 
+def runtime_of(config: ml_collections.ConfigDict) -> runtime_lib.Runtime:
+  """The `Runtime` of `config.runtime`, checking that no section sets one.
+
+  Raises:
+    ValueError: on an unknown or bad runtime field, or on a runtime field
+      in another section (where earlier versions kept them), naming it.
+  """
+  for section, value in config.items():
+    if section == 'runtime' or not hasattr(value, 'keys'):
+      continue
+    misplaced = sorted(set(value.keys()) & set(runtime_lib.FIELDS))
+    if misplaced:
+      raise ValueError(
+        f'config.{section}.{misplaced[0]}: how a model runs is set once for '
+        f'all its layers, in config.runtime.{misplaced[0]}.'
+      )
+  return runtime_lib.from_config(config.get('runtime'))
+
+
+def _to_float32(x):
+  if hasattr(x, 'dtype') and jnp.issubdtype(x.dtype, jnp.floating):
+    return x.astype(jnp.float32)
+  return x
+
+
 def _check_name(name):
   if name not in ARCHITECTURES:
     raise ValueError(
@@ -382,7 +401,7 @@ def _construct(cls, config, section, **extra):
     ) from e
 
 
-def _language_forward(config, inputs, input_mask, *, is_training):
+def _language_forward(config, runtime, inputs, input_mask, *, is_training):
   """int32[B, S] bytes and [B, S] mask -> [B, S, V] logits."""
   if input_mask.shape != inputs.shape:
     raise ValueError(
@@ -393,7 +412,9 @@ def _language_forward(config, inputs, input_mask, *, is_training):
     d_model=config.d_model,
     max_seq_len=config.max_seq_len,
   )
-  encoder = _construct(encoder_lib.PerceiverEncoder, config, 'encoder')
+  encoder = _construct(
+    encoder_lib.PerceiverEncoder, config, 'encoder', runtime=runtime
+  )
   decoder = _construct(
     decoders.BasicDecoder,
     config,
@@ -404,6 +425,7 @@ def _language_forward(config, inputs, input_mask, *, is_training):
     v_channels=config.d_model,
     final_project=False,
     trainable_position_encoding_kwargs=dict(num_channels=config.d_model),
+    runtime=runtime,
   )
   embedded, _, _ = prep(inputs, is_training=is_training)  # [B, S, d_model]
   seq_len = inputs.shape[1]
@@ -419,19 +441,26 @@ def _language_forward(config, inputs, input_mask, *, is_training):
   return postprocessors.EmbeddingDecoder(prep.embeddings)(outputs)
 
 
-def _imagenet_forward(config, images, *, is_training):
+def _imagenet_forward(config, runtime, images, *, is_training):
   """float32[B, H, W, C] images -> [B, K] logits."""
   model = perceiver.Perceiver(
     input_preprocessor=_construct(
-      preprocessors.ImagePreprocessor, config, 'input_preprocessor'
+      preprocessors.ImagePreprocessor,
+      config,
+      'input_preprocessor',
+      grid_inputs=runtime.grid_inputs,
     ),
-    encoder=_construct(encoder_lib.PerceiverEncoder, config, 'encoder'),
-    decoder=_construct(decoders.ClassificationDecoder, config, 'decoder'),
+    encoder=_construct(
+      encoder_lib.PerceiverEncoder, config, 'encoder', runtime=runtime
+    ),
+    decoder=_construct(
+      decoders.ClassificationDecoder, config, 'decoder', runtime=runtime
+    ),
   )
   return model(images, is_training=is_training)
 
 
-def _flow_forward(config, frames, *, is_training):
+def _flow_forward(config, runtime, frames, *, is_training):
   """float32[B, 2, H, W, 3] frames in [-1, 1] -> [B, H, W, 2] pixel flow."""
   if frames.ndim != 5 or frames.shape[1] != 2:
     raise ValueError(f'frames must be [B, 2, H, W, C]; got {frames.shape}.')
@@ -443,15 +472,21 @@ def _flow_forward(config, frames, *, is_training):
     )
   model = perceiver.Perceiver(
     input_preprocessor=_construct(
-      preprocessors.ImagePreprocessor, config, 'input_preprocessor'
+      preprocessors.ImagePreprocessor,
+      config,
+      'input_preprocessor',
+      grid_inputs=runtime.grid_inputs,
     ),
-    encoder=_construct(encoder_lib.PerceiverEncoder, config, 'encoder'),
+    encoder=_construct(
+      encoder_lib.PerceiverEncoder, config, 'encoder', runtime=runtime
+    ),
     decoder=_construct(
       decoders.FlowDecoder,
       config,
       'decoder',
       output_image_shape=tuple(config.train_size),
       output_w_init=jnp.zeros,
+      runtime=runtime,
     ),
   )
   flow = model(patching.patches_for_flow(frames), is_training=is_training)
@@ -459,12 +494,20 @@ def _flow_forward(config, frames, *, is_training):
 
 
 def _video_forward(
-  config, images, audio, image_points=None, audio_points=None, *, is_training
+  config,
+  runtime,
+  images,
+  audio,
+  image_points=None,
+  audio_points=None,
+  *,
+  is_training,
 ):
   """Autoencodes video, audio and a (masked) label.
 
   Args:
     config: the video autoencoding config.
+    runtime: how every layer runs (`runtime.Runtime`).
     images: [B, T, H, W, 3].
     audio: [B, A, 1].
     image_points: int[n] flat indices into the [T, H, W] grid, or None.
@@ -514,7 +557,9 @@ def _video_forward(
       ),
     }
   )
-  encoder = _construct(encoder_lib.PerceiverEncoder, config, 'encoder')
+  encoder = _construct(
+    encoder_lib.PerceiverEncoder, config, 'encoder', runtime=runtime
+  )
   decoder = decoders.MultimodalDecoder(
     modalities={
       'audio': _construct(
@@ -522,22 +567,26 @@ def _video_forward(
         config,
         'audio_decoder',
         output_index_dims=(num_audio_patches,),
+        runtime=runtime,
       ),
       'image': _construct(
         decoders.BasicVideoAutoencodingDecoder,
         config,
         'image_decoder',
         output_shape=tuple(images.shape[:4]),
+        runtime=runtime,
       ),
       'label': _construct(
         decoders.ClassificationDecoder,
         config,
         'label_decoder',
         num_classes=config.num_classes,
+        runtime=runtime,
       ),
     },
     num_outputs=None,
     subsampled_index_dims=sizes,
+    runtime=runtime,
     **_kwargs(config, 'decoder'),
   )
   model = perceiver.Perceiver(
@@ -555,14 +604,16 @@ def _video_forward(
   return model(inputs, is_training=is_training, subsampled_output_points=points)
 
 
-_FORWARD = {
-  LANGUAGE: _language_forward,
-  IMAGENET_FOURIER: _imagenet_forward,
-  IMAGENET_LEARNED: _imagenet_forward,
-  IMAGENET_CONV: _imagenet_forward,
-  OPTICAL_FLOW: _flow_forward,
-  VIDEO_AUTOENCODING: _video_forward,
-}
+_FORWARD = types.MappingProxyType(
+  {
+    LANGUAGE: _language_forward,
+    IMAGENET_FOURIER: _imagenet_forward,
+    IMAGENET_LEARNED: _imagenet_forward,
+    IMAGENET_CONV: _imagenet_forward,
+    OPTICAL_FLOW: _flow_forward,
+    VIDEO_AUTOENCODING: _video_forward,
+  }
+)
 
 
 # --- Models ------------------------------------------------------------------
@@ -612,10 +663,12 @@ def build_forward_fn(name: str, config=None) -> Callable:
   _check_name(name)
   config = get_config(name) if config is None else config
   config, _ = resolve_sizes(name, config)
+  runtime = runtime_of(config)
   forward = _FORWARD[name]
 
   def forward_fn(*, is_training, **inputs):
-    return forward(config, is_training=is_training, **inputs)
+    outputs = forward(config, runtime, is_training=is_training, **inputs)
+    return jax.tree.map(_to_float32, outputs)
 
   return forward_fn
 

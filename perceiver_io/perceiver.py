@@ -6,7 +6,7 @@ channels, O outputs.
 
 import haiku as hk
 
-from perceiver_io import grid_attend
+from perceiver_io.ops import grid as grid_lib
 
 
 class Perceiver(hk.Module):
@@ -75,7 +75,7 @@ class Perceiver(hk.Module):
     # Grid inputs reach the encoder as they are; everything else gets the
     # [B, M, C] array, which XLA drops again when only its shape is read.
     dense_inputs = inputs
-    if isinstance(inputs, grid_attend.GridInputs):
+    if isinstance(inputs, grid_lib.GridInputs):
       dense_inputs = inputs.materialize()
     encoder_query = self._encoder.latents(dense_inputs)  # [B, N, D]
     decoder_query = self._decoder.decoder_query(

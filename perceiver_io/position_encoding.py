@@ -10,7 +10,8 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
+
+from perceiver_io.ops import concat
 
 POSITION_ENCODING_TYPES = ('trainable', 'fourier')
 
@@ -32,42 +33,6 @@ def build_linear_positions(index_dims, output_range=(-1.0, 1.0)):
     for n in index_dims
   ]
   return jnp.stack(jnp.meshgrid(*axes, indexing='ij'), axis=-1)
-
-
-def concat_channels(parts):
-  """jnp.concatenate(parts, axis=-1), written part by part into one array.
-
-  XLA's CPU backend computes the operands of a concatenate into buffers of
-  their own before copying them; written with one dynamic-update-slice per
-  part instead, each part's elementwise computation (sines, cosines, a
-  broadcast) fuses into its write. The Fourier features and the inputs they
-  are concatenated to then take no memory beyond the result (the optical-flow
-  model's saving is in benchmarks/README.md, "ImageNet and optical flow with
-  `grid_attend`").
-
-  Args:
-    parts: arrays [..., C_i] of equal leading shapes.
-
-  Returns:
-    [..., sum C_i].
-  """
-  if len(parts) == 1:
-    return parts[0]
-  lead = parts[0].shape[:-1]
-  if any(part.shape[:-1] != lead for part in parts):
-    raise ValueError(
-      'concat_channels needs parts of equal leading shapes; got '
-      f'{[x.shape for x in parts]}.'
-    )
-  dtype = jnp.result_type(*parts)
-  out = jnp.zeros(lead + (sum(x.shape[-1] for x in parts),), dtype)
-  start = 0
-  for part in parts:
-    out = lax.dynamic_update_slice_in_dim(
-      out, part.astype(dtype), start, axis=-1
-    )
-    start += part.shape[-1]
-  return out
 
 
 def fourier_feature_parts(
@@ -111,7 +76,7 @@ def generate_fourier_features(
     [M, C] features with C = d * K * (1 if sine_only else 2) + (d or 0), in the
     order [pos, sin(axis-major bands), cos(axis-major bands)].
   """
-  return concat_channels(
+  return concat.concat_channels(
     fourier_feature_parts(pos, num_bands, max_resolution, concat_pos, sine_only)
   )
 
@@ -265,7 +230,9 @@ class FourierPositionEncoding(hk.Module):
     Returns:
       [B, M, C] features.
     """
-    return concat_channels(self.parts(batch_size, pos=pos, indices=indices))
+    return concat.concat_channels(
+      self.parts(batch_size, pos=pos, indices=indices)
+    )
 
   def parts(self, batch_size, pos=None, indices=None):
     """The features as the [B, M, C_i] arrays they concatenate.

@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from perceiver_io import grid_attend
 from perceiver_io import patching
 from perceiver_io import position_encoding
+from perceiver_io.ops import concat
+from perceiver_io.ops import grid as grid_lib
 
 IMAGE_PREP_TYPES = ('conv', 'conv1x1', 'patches', 'pixels')
 CONCAT_OR_ADD = ('concat', 'add')
@@ -125,8 +126,8 @@ class _PositionalPreprocessor(hk.Module):
       and network_input_is_1d
       and isinstance(encoding, position_encoding.FourierPositionEncoding)
     ):
-      # The Fourier features stay per-axis tables (`grid_attend`).
-      return grid_attend.GridInputs(inputs, encoding.grid_tables()), inputs
+      # The Fourier features stay per-axis tables (`ops.grid`).
+      return grid_lib.GridInputs(inputs, encoding.grid_tables()), inputs
     if (
       self._concat_or_add_pos == 'concat'
       and not self._n_extra_pos_mlp
@@ -135,7 +136,7 @@ class _PositionalPreprocessor(hk.Module):
     ):
       # The Fourier features go straight into the network inputs.
       parts = encoding.parts(batch_size=batch_size, pos=pos)
-      return position_encoding.concat_channels([inputs, *parts]), inputs
+      return concat.concat_channels([inputs, *parts]), inputs
     pos_enc = encoding(batch_size=batch_size, pos=pos)
     for i in range(self._n_extra_pos_mlp):
       pos_enc = pos_enc + hk.Linear(pos_enc.shape[-1])(pos_enc)
@@ -227,7 +228,7 @@ class ImagePreprocessor(_PositionalPreprocessor):
     Returns:
       ([B, M, C'] features with positions, None, [B, M, C''] features).
       With `grid_inputs` and Fourier features concatenated on the default
-      grid, the first is a `grid_attend.GridInputs` that stands for them.
+      grid, the first is a `ops.grid.GridInputs` that stands for them.
     """
     if inputs.ndim not in (4, 5):
       raise ValueError(

@@ -22,6 +22,7 @@ import os
 import pathlib
 import pickle
 import tempfile
+import types
 import zipfile
 import zlib
 
@@ -33,14 +34,16 @@ from perceiver_io import models
 from perceiver_io import safe_pickle
 
 # Released file name (without suffix) -> architecture.
-RELEASED_FILES = {
-  'language_perceiver_io_bytes': models.LANGUAGE,
-  'imagenet_fourier_position_encoding': models.IMAGENET_FOURIER,
-  'imagenet_learned_position_encoding': models.IMAGENET_LEARNED,
-  'imagenet_conv_preprocessing': models.IMAGENET_CONV,
-  'optical_flow_checkpoint': models.OPTICAL_FLOW,
-  'video_autoencoding_checkpoint': models.VIDEO_AUTOENCODING,
-}
+RELEASED_FILES = types.MappingProxyType(
+  {
+    'language_perceiver_io_bytes': models.LANGUAGE,
+    'imagenet_fourier_position_encoding': models.IMAGENET_FOURIER,
+    'imagenet_learned_position_encoding': models.IMAGENET_LEARNED,
+    'imagenet_conv_preprocessing': models.IMAGENET_CONV,
+    'optical_flow_checkpoint': models.OPTICAL_FLOW,
+    'video_autoencoding_checkpoint': models.VIDEO_AUTOENCODING,
+  }
+)
 
 _NPZ_FORMAT = 'perceiver_io.npz.v1'
 

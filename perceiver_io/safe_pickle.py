@@ -28,6 +28,7 @@ import io
 import math
 import os
 import pickle
+import types
 
 import numpy as np
 
@@ -261,27 +262,36 @@ class _Admitted:
 # numpy.ndarray only ever appears as `_reconstruct`'s first argument.
 _NDARRAY = _Admitted('numpy.ndarray', None)
 
-_MULTIARRAY = {'_reconstruct': _reconstruct, 'scalar': _scalar}
+_MULTIARRAY = types.MappingProxyType(
+  {'_reconstruct': _reconstruct, 'scalar': _scalar}
+)
 
-# (module, name) -> the stand-in that the unpickler may use for it.
-ALLOWED_GLOBALS = {
-  ('haiku._src.data_structures', 'FlatMapping'): _Admitted(
-    'FlatMapping', _flat_mapping
-  ),
-  ('numpy', 'ndarray'): _NDARRAY,
-  ('numpy', 'dtype'): _Admitted('numpy.dtype', _Dtype),
-  ('_codecs', 'encode'): _Admitted('_codecs.encode', _latin1_encode),
-  ('__builtin__', 'bytes'): _Admitted('bytes', _empty_bytes),
-  ('builtins', 'bytes'): _Admitted('bytes', _empty_bytes),
-}
-for _core in ('numpy.core', 'numpy._core'):
-  for _name, _fn in _MULTIARRAY.items():
-    ALLOWED_GLOBALS[(f'{_core}.multiarray', _name)] = _Admitted(
-      f'{_core}.multiarray.{_name}', _fn
+
+def _allowed_globals():
+  """(module, name) -> the stand-in that the unpickler may use for it."""
+  allowed = {
+    ('haiku._src.data_structures', 'FlatMapping'): _Admitted(
+      'FlatMapping', _flat_mapping
+    ),
+    ('numpy', 'ndarray'): _NDARRAY,
+    ('numpy', 'dtype'): _Admitted('numpy.dtype', _Dtype),
+    ('_codecs', 'encode'): _Admitted('_codecs.encode', _latin1_encode),
+    ('__builtin__', 'bytes'): _Admitted('bytes', _empty_bytes),
+    ('builtins', 'bytes'): _Admitted('bytes', _empty_bytes),
+  }
+  for core in ('numpy.core', 'numpy._core'):
+    for name, fn in _MULTIARRAY.items():
+      allowed[(f'{core}.multiarray', name)] = _Admitted(
+        f'{core}.multiarray.{name}', fn
+      )
+    allowed[(f'{core}.numeric', '_frombuffer')] = _Admitted(
+      f'{core}.numeric._frombuffer', _frombuffer
     )
-  ALLOWED_GLOBALS[(f'{_core}.numeric', '_frombuffer')] = _Admitted(
-    f'{_core}.numeric._frombuffer', _frombuffer
-  )
+  return types.MappingProxyType(allowed)
+
+
+# Read-only: what a pickle may name cannot be widened at run time.
+ALLOWED_GLOBALS = _allowed_globals()
 
 
 class RestrictedUnpickler(pickle.Unpickler):

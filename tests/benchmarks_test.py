@@ -93,8 +93,7 @@ class HarnessTest(absltest.TestCase):
     )
     done = _run_harness(
       *base,
-      '--device_variants=float32:auto,'
-      'float32:einsum:input_preprocessor.grid_inputs=False',
+      '--device_variants=float32:auto,float32:einsum:runtime.grid_inputs=False',
     )
     self.assertEqual(done.returncode, 0, done.stderr[-2000:])
     with open(out) as f:
@@ -105,10 +104,10 @@ class HarnessTest(absltest.TestCase):
     auto, einsum = results
     self.assertEqual(auto['attention_impl'], 'auto')
     self.assertEqual(auto['variant_label'], '')
-    self.assertNotIn('input_preprocessor.grid_inputs', auto['overrides'])
+    self.assertNotIn('runtime.grid_inputs', auto['overrides'])
     self.assertEqual(einsum['attention_impl'], 'einsum')
-    self.assertFalse(einsum['overrides']['input_preprocessor.grid_inputs'])
-    self.assertIn('einsum input_preprocessor.grid_inputs=False', done.stdout)
+    self.assertFalse(einsum['overrides']['runtime.grid_inputs'])
+    self.assertIn('einsum runtime.grid_inputs=False', done.stdout)
     # Same model, same FLOP count; a malformed variant is refused by name.
     self.assertEqual(auto['gflop_per_example'], einsum['gflop_per_example'])
     bad = _run_harness(*base, '--device_variants=float16:auto', timeout=300)

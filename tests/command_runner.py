@@ -21,6 +21,9 @@ import runpy
 import sys
 
 sys.path.insert(0, __file__.rsplit('/', 1)[0])
+import search_paths  # noqa: E402
+
+search_paths.add_to_sys_path()
 
 
 def _released_sizes(case):

@@ -94,8 +94,8 @@ DIGITS = 'python -m experiments.image_classification --config=configs/image_clas
 MLM = 'python -m experiments.masked_lm --config=configs/masked_lm.py:local --workdir=runs/mlm'
 FLOW = 'python -m experiments.optical_flow --config=configs/optical_flow.py:local --workdir=runs/flow'
 CONVERT = 'python -m perceiver_io.pretrained imagenet_conv_preprocessing.pystate imagenet_conv.npz'
-FILL_OURS = 'python -m experiments.fill_mask --checkpoint=runs/mlm \'--text=The "if" statement is used for conditional[[ execution]]:\''
-FILL_RELEASED = "python -m experiments.fill_mask --checkpoint=language_perceiver_io_bytes.pickle '--text=This is an incomplete sentence where some words are missing.' --spans=51:60"
+FILL_OURS = 'python -m experiments.masked_lm.fill_mask --checkpoint=runs/mlm \'--text=The "if" statement is used for conditional[[ execution]]:\''
+FILL_RELEASED = "python -m experiments.masked_lm.fill_mask --checkpoint=language_perceiver_io_bytes.pickle '--text=This is an incomplete sentence where some words are missing.' --spans=51:60"
 
 _MLM_TINY = (
   *_steps(),
@@ -162,10 +162,14 @@ REGISTRY = {
   ),
   "python -c 'import jax; print(jax.devices())'": Run(expect=r'CpuDevice'),
   MLM: Run(_MLM_TINY, expect=r'eval/masked_accuracy='),
-  'python -m experiments.fill_mask': Names('experiments.fill_mask'),
+  'python -m experiments.masked_lm.fill_mask': Names(
+    'experiments.masked_lm.fill_mask'
+  ),
   'python -m experiments.glue': Names('experiments.glue'),
   FLOW: Run(_FLOW_TINY, expect=r'eval/epe='),
-  'python -m experiments.flow_predict': Names('experiments.flow_predict'),
+  'python -m experiments.optical_flow.predict': Names(
+    'experiments.optical_flow.predict'
+  ),
   CONVERT: Run(
     files=(('imagenet_conv_preprocessing.pystate', 'imagenet_conv_pystate'),),
     released_sizes='imagenet_conv_small',
@@ -225,7 +229,7 @@ REGISTRY = {
     released_sizes='optical_flow_small',
     expect=r"kitti: \{'epe'",
   ),
-  'python -m experiments.flow_predict --checkpoint=optical_flow_checkpoint.pystate --frame1=a.png --frame2=b.png '
+  'python -m experiments.optical_flow.predict --checkpoint=optical_flow_checkpoint.pystate --frame1=a.png --frame2=b.png '
   '--output=out/flow': Run(
     files=(
       ('optical_flow_checkpoint.pystate', 'flow_pystate'),
@@ -316,10 +320,10 @@ def _released_pickle(case, path):
 
 
 def _frame(index, path):
-  from experiments import flow_io
+  from experiments.optical_flow import flow_files
 
   pair = flow_fixtures._pairs((24, 32), 1, seed=5)[0]  # pylint: disable=protected-access
-  flow_io.write_image(str(path), pair['frames'][index])
+  flow_files.write_image(str(path), pair['frames'][index])
 
 
 _FILES = {
@@ -357,17 +361,17 @@ _GLUE_METRICS = {
 def _check_glue_summary(test, cwd, output):
   """Every task ran from our MLM; summary.json averages the 8 tasks."""
   del output
-  from experiments import glue
-  from experiments import glue_data
-  from experiments import glue_metrics
+  from experiments.glue import data as task_data
+  from experiments.glue import metrics as task_metrics
+  from experiments.glue import train
 
   workdir = cwd / 'runs' / 'glue'
-  summary = json.loads((workdir / glue.SUMMARY_FILE).read_text())
+  summary = json.loads((workdir / train.SUMMARY_FILE).read_text())
   test.assertTrue(summary['complete'], summary)
   test.assertEqual(summary['num_average_tasks'], 8)
   scores = {}
-  for task in glue_data.TASKS:
-    result = glue.final_eval(str(workdir / task / 'bs4_lr0.0001'))
+  for task in task_data.TASKS:
+    result = train.final_eval(str(workdir / task / 'bs4_lr0.0001'))
     test.assertIsNotNone(result, task)
     for key in (*_GLUE_METRICS.get(task, ('accuracy',)), 'score', 'loss'):
       test.assertTrue(np.isfinite(result[key]), f'{task}: {key}')
@@ -378,7 +382,7 @@ def _check_glue_summary(test, cwd, output):
     )
     scores[task] = result['score']
   test.assertAlmostEqual(
-    summary['glue_average'], 100 * glue_metrics.glue_average(scores)['average']
+    summary['glue_average'], 100 * task_metrics.glue_average(scores)['average']
   )
 
 
@@ -563,6 +567,10 @@ class CommandsTest(parameterized.TestCase):
     if isinstance(spec, Names):
       module = importlib.util.find_spec(spec.module)
       self.assertIsNotNone(module, command)
+      if module.submodule_search_locations is not None:
+        # A task package: `python -m` runs its __main__.py.
+        module = importlib.util.find_spec(f'{spec.module}.__main__')
+        self.assertIsNotNone(module, command)
       source = pathlib.Path(module.origin).read_text(encoding='utf-8')
       self.assertIn("if __name__ == '__main__':", source)
       return

@@ -283,10 +283,9 @@ def build(name, config=None):
   the swap, so jit the returned functions before timing them.
   """
   config = models.get_config(name) if config is None else config
-  if config.get('input_preprocessor', {}).get('grid_inputs'):
-    # DeepMind's preprocessors concatenate the Fourier features.
-    config = config.copy_and_resolve_references()
-    config.input_preprocessor.grid_inputs = False
+  # DeepMind's preprocessors concatenate the Fourier features.
+  config = config.copy_and_resolve_references()
+  config.runtime.grid_inputs = False
   model = models.build(name, config)
   transformed = hk.TransformedWithState(
     init=_traced_with_swap(model.transformed.init),
