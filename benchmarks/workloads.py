@@ -61,9 +61,8 @@ def model_config(spec):
     if name not in models.IMAGENET_ARCHITECTURES:
       raise ValueError('--image_size applies to the ImageNet architectures.')
     config.image_size = size  # The Fourier max_resolution follows.
-  if 'runtime' in config:  # The straightforward reference has none.
-    config.runtime.attention_impl = spec.get('attention_impl', 'einsum')
-    config.runtime.compute_dtype = spec.get('compute_dtype') or 'float32'
+  config.runtime.attention_impl = spec.get('attention_impl', 'einsum')
+  config.runtime.compute_dtype = spec.get('compute_dtype') or 'float32'
   for key, value in spec.get('overrides', {}).items():
     node = config
     *parents, leaf = key.split('.')

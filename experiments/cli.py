@@ -22,8 +22,8 @@ their traceback.
 
 Logs: the training programs keep absl INFO (the progress line) but drop the
 checkpoint library's (orbax's) records below WARNING; the tools
-(`tool=True`: masked_lm.fill_mask, optical_flow.predict), whose output is their answer, show
-only warnings and errors, and none of orbax's below ERROR (its warnings there
+(`tool=True`: masked_lm.fill_mask, optical_flow.predict), whose output is
+their answer, show only warnings and errors, and none of orbax's below ERROR (its warnings there
 are about the read-only way we open checkpoints). `--verbosity` or `-v`
 given on the command line wins.
 """
@@ -85,8 +85,8 @@ def run(main: Callable[[list[str]], Any], *, tool: bool = False) -> None:
 
   Args:
     main: the absl main, `main(argv)`.
-    tool: a command whose output is its answer (masked_lm.fill_mask, optical_flow.predict):
-      only warnings and errors are logged.
+    tool: a command whose output is its answer (masked_lm.fill_mask,
+      optical_flow.predict): only warnings and errors are logged.
   """
   define_flags()
 

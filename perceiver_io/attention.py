@@ -49,13 +49,6 @@ def _check_divides(what, channels, num_heads):
     )
 
 
-def _check_runtime(runtime):
-  if not isinstance(runtime, runtime_lib.Runtime):
-    raise TypeError(
-      f'runtime must be a perceiver_io.runtime.Runtime; got {runtime!r}.'
-    )
-
-
 # --- Weights ------------------------------------------------------------------
 
 
@@ -449,7 +442,7 @@ class SelfAttention(hk.Module):
         'Dropout rates must be in [0, 1); got '
         f'{dropout_prob} and {dropout_attn_prob}.'
       )
-    _check_runtime(runtime)
+    runtime_lib.check_type(runtime)
     self._widening_factor = widening_factor
     self._dropout_prob = dropout_prob
     self._dropout_attn_prob = dropout_attn_prob
@@ -544,7 +537,7 @@ class CrossAttention(hk.Module):
         'num_heads and widening_factor must be positive; got '
         f'{num_heads} and {widening_factor}.'
       )
-    _check_runtime(runtime)
+    runtime_lib.check_type(runtime)
     self._widening_factor = widening_factor
     self._dropout_prob = dropout_prob
     self._dropout_attn_prob = dropout_attn_prob

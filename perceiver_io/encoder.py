@@ -85,10 +85,7 @@ class PerceiverEncoder(hk.Module):
           f'({num_cross_attend_heads}).'
         )
     self._num_blocks = num_blocks
-    if not isinstance(runtime, runtime_lib.Runtime):
-      raise TypeError(
-        f'runtime must be a perceiver_io.runtime.Runtime; got {runtime!r}.'
-      )
+    runtime_lib.check_type(runtime)
     self._runtime = runtime
     self._num_z_channels = num_z_channels
     self.z_pos_enc = position_encoding.TrainablePositionEncoding(

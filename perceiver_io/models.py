@@ -8,8 +8,9 @@ DeepMind's released checkpoint. Its sections are constructor kwargs
 (`config.encoder` is `PerceiverEncoder(**config.encoder)`), so any size can be
 changed, except `config.runtime`: how the model runs (attention
 implementation, compute dtype, grid inputs, scan, remat, chunk sizes; see
-`runtime.py`), set once for every layer. `build(name, config)` returns a `Model` holding the pure `init` and
-`apply` functions of `hk.transform_with_state`.
+`runtime.py`), set once for every layer. `build(name, config)` returns a
+`Model` holding the pure `init` and `apply` functions of
+`hk.transform_with_state`.
 """
 
 import dataclasses

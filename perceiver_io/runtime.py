@@ -97,9 +97,6 @@ class Runtime:
     """The compute dtype."""
     return jnp.dtype(self.compute_dtype)
 
-  def replace(self, **changes) -> 'Runtime':
-    return dataclasses.replace(self, **changes)
-
 
 def _check_positive(name, value):
   if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -108,6 +105,14 @@ def _check_positive(name, value):
 
 # The defaults, as a value (a `Runtime` is immutable).
 DEFAULT = Runtime()
+
+
+def check_type(runtime) -> None:
+  """Raises TypeError unless `runtime` is a `Runtime` (not a config or str)."""
+  if not isinstance(runtime, Runtime):
+    raise TypeError(
+      f'runtime must be a perceiver_io.runtime.Runtime; got {runtime!r}.'
+    )
 
 
 FIELDS = tuple(field.name for field in dataclasses.fields(Runtime))

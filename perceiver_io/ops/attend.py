@@ -161,7 +161,7 @@ def _check_dropout(dropout_prob, dropout_rng):
     raise ValueError('attend needs dropout_rng when dropout_prob > 0.')
 
 
-# --- Choosing a kernel ----------------------------------------------------------
+# --- Choosing a kernel --------------------------------------------------------
 
 
 def uses_grid(kv, *, dropout_prob=0.0, runtime=runtime_lib.DEFAULT):
@@ -224,7 +224,7 @@ def resolve(
   return _resolve_arrays(q, k, v, kv_mask, dropout_prob, runtime.attention_impl)
 
 
-# --- attend ---------------------------------------------------------------------
+# --- attend -------------------------------------------------------------------
 
 
 def wipe_masked_rows(out, q_mask, kv_mask):

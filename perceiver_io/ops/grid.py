@@ -397,9 +397,9 @@ def attend(
 ):
   """Attention from queries to LayerNorm-projected `GridInputs`.
 
-  Equals `ops.attend.attend(q, (k, v))` with `h = layer_norm(x.materialize(), ln_scale,
-  ln_offset)`, `k = h @ k_w + k_b` and `v = h @ v_w + v_b` split into heads,
-  computed in float32.
+  Equals `ops.attend.attend(q, (k, v))` with
+  `h = layer_norm(x.materialize(), ln_scale, ln_offset)`, `k = h @ k_w + k_b`
+  and `v = h @ v_w + v_b` split into heads, computed in float32.
 
   Args:
     q: [B, N, H, D] projected queries.
