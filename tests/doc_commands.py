@@ -87,3 +87,53 @@ def extract_all() -> list[Found]:
   for path in doc_files():
     found.extend(extract(path))
   return found
+
+
+# --- How docs_commands_test runs a command ---
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """Run the command with `extra` flags appended.
+
+  files: scratch-directory paths to create, each from a `_FILES` maker name.
+  mock: command_runner's `--mock` ('tfds', 'imagenet').
+  released_sizes: command_runner's `--released_sizes` (a parity case).
+  needs: the documented command whose outputs this one reads.
+  expect: a regex the output must contain.
+  env: extra environment variables.
+  check: a `_CHECKS` name: a function of the test and the scratch directory
+    that inspects what the command wrote.
+  """
+
+  extra: tuple[str, ...] = ()
+  files: tuple[tuple[str, str], ...] = ()
+  mock: str = ''
+  released_sizes: str = ''
+  needs: str = ''
+  expect: str = ''
+  env: tuple[tuple[str, str], ...] = ()
+  check: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
+class Names:
+  """An inline mention of a program; the module must exist and run `main`."""
+
+  module: str
+
+
+@dataclasses.dataclass(frozen=True)
+class NotRun:
+  reason: str
+
+
+def steps(n=2):
+  """Flags that shrink a training command to `n` steps."""
+  return (
+    f'--config.num_train_steps={n}',
+    f'--config.log_every_steps={n}',
+    f'--config.eval_every_steps={n}',
+    f'--config.checkpoint_every_steps={n}',
+    '--config.schedule.warmup_steps=1',
+  )

@@ -9,13 +9,13 @@ are listed with the reason. A command in the docs that is not in the
 registry fails `test_every_documented_command_is_registered`, and a
 registered command that is no longer in the docs fails
 `test_every_registered_command_is_documented`: editing a documented command
-means updating its entry here.
+means updating its entry here. A task adds its own entries in
+`tests/experiments/<task>/<task>_docs.py` (see `_merge_task_fragments`).
 
 The commands run in one scratch directory, in registry order, so that
 `runs/mlm` exists for the commands that read it.
 """
 
-import dataclasses
 import functools
 import importlib.util
 import json
@@ -39,55 +39,13 @@ import safe_pickle_test
 import trainer_test
 
 ROOT = doc_commands.ROOT
+Names = doc_commands.Names
+NotRun = doc_commands.NotRun
+Run = doc_commands.Run
+steps = doc_commands.steps
 PARITY = ROOT / 'tests' / 'testdata' / 'parity'
 RUNNER = ROOT / 'tests' / 'command_runner.py'
 TIMEOUT_S = 300
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """Run the command with `extra` flags appended.
-
-  files: scratch-directory paths to create, each from a `_FILES` maker name.
-  mock: command_runner's `--mock` ('tfds', 'imagenet').
-  released_sizes: command_runner's `--released_sizes` (a parity case).
-  needs: the documented command whose outputs this one reads.
-  expect: a regex the output must contain.
-  env: extra environment variables.
-  check: a `_CHECKS` name: a function of the test and the scratch directory
-    that inspects what the command wrote.
-  """
-
-  extra: tuple[str, ...] = ()
-  files: tuple[tuple[str, str], ...] = ()
-  mock: str = ''
-  released_sizes: str = ''
-  needs: str = ''
-  expect: str = ''
-  env: tuple[tuple[str, str], ...] = ()
-  check: str = ''
-
-
-@dataclasses.dataclass(frozen=True)
-class Names:
-  """An inline mention of a program; the module must exist and run `main`."""
-
-  module: str
-
-
-@dataclasses.dataclass(frozen=True)
-class NotRun:
-  reason: str
-
-
-def _steps(n=2):
-  return (
-    f'--config.num_train_steps={n}',
-    f'--config.log_every_steps={n}',
-    f'--config.eval_every_steps={n}',
-    f'--config.checkpoint_every_steps={n}',
-    '--config.schedule.warmup_steps=1',
-  )
 
 
 DIGITS = 'python -m experiments.image_classification --config=configs/image_classification.py:digits --workdir=runs/digits'
@@ -98,7 +56,7 @@ FILL_OURS = 'python -m experiments.masked_lm.fill_mask --checkpoint=runs/mlm \'-
 FILL_RELEASED = "python -m experiments.masked_lm.fill_mask --checkpoint=language_perceiver_io_bytes.pickle '--text=This is an incomplete sentence where some words are missing.' --spans=51:60"
 
 _MLM_TINY = (
-  *_steps(),
+  *steps(),
   '--config.eval_batch_size=512',
 )
 _LANGUAGE_SMALL_GLUE = (
@@ -109,7 +67,7 @@ _LANGUAGE_SMALL_GLUE = (
   '--config.num_train_steps=-1',
 )
 _FLOW_TINY = (
-  *_steps(),
+  *steps(),
   '--config.data.num_eval_pairs=2',
   '--config.eval_batch_size=2',
   '--config.batch_size=2',
@@ -128,7 +86,7 @@ _FLOW_ROOTS = (
   '--config.eval.min_overlap=4',
 )
 _TFDS_MLM_TINY = (
-  *_steps(),
+  *steps(),
   '--config.batch_size=2',
   '--config.eval_batch_size=2',
   '--config.model.max_seq_len=32',
@@ -148,7 +106,7 @@ REGISTRY = {
   'pip install -r requirements.txt && pip install -e .': NotRun(
     'the install: .ci/run runs it on a clean checkout before the tests'
   ),
-  DIGITS: Run(_steps(4), expect=r'eval/accuracy='),
+  DIGITS: Run(steps(4), expect=r'eval/accuracy='),
   'python -m pytest tests': NotRun('the test command itself: CI runs it'),
   "pip install 'jax[cuda13]==0.10.2'": NotRun(
     'needs an NVIDIA GPU; test_accelerator_pins_match_requirements checks '
@@ -244,13 +202,13 @@ REGISTRY = {
   ),
   'XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m experiments.image_classification '
   '--config=configs/image_classification.py:digits --workdir=runs/digits_8': Run(
-    _steps(4), expect=r'Devices: 8 \(1 processes\)'
+    steps(4), expect=r'Devices: 8 \(1 processes\)'
   ),
   'python -m experiments.image_classification --config=configs/image_classification.py:fourier '
   '--workdir=runs/imagenet_b256 --config.batch_size=256 --config.num_epochs=10 --config.schedule.base_lr=1e-3 '
   '--config.model.encoder.num_blocks=4 --config.data.data_dir=/data/tfds': Run(
     (
-      *_steps(),
+      *steps(),
       '--config.num_epochs=-1',
       '--config.batch_size=4',
       '--config.eval_batch_size=4',
@@ -419,6 +377,31 @@ def _documented():
   return commands, snippets
 
 
+def _merge_task_fragments():
+  """Adds the entries of every task's `tests/experiments/<task>/<task>_docs.py`.
+
+  A fragment is a module that defines `REGISTRY` and optionally `SNIPPETS`,
+  `FILES` (maker name -> function of the path) and `CHECKS` (name -> function
+  of the test, the scratch directory and the output), as above; its commands
+  run after the ones here, in the same scratch directory. A key that two
+  places define is an error.
+  """
+  for path in sorted((ROOT / 'tests').glob('experiments/*/*_docs.py')):
+    fragment = importlib.import_module(path.stem)
+    for mine, theirs in (
+      (REGISTRY, getattr(fragment, 'REGISTRY', {})),
+      (SNIPPETS, getattr(fragment, 'SNIPPETS', {})),
+      (_FILES, getattr(fragment, 'FILES', {})),
+      (_CHECKS, getattr(fragment, 'CHECKS', {})),
+    ):
+      twice = sorted(set(mine) & set(theirs))
+      if twice:
+        raise ValueError(f'{path.name} redefines {twice}')
+      mine.update(theirs)
+
+
+_merge_task_fragments()
+
 _NORMALIZED = {doc_commands.normalize(k): v for k, v in REGISTRY.items()}
 
 
@@ -434,7 +417,7 @@ class RegistryTest(absltest.TestCase):
     self.assertEmpty(
       missing,
       'Documented commands without an entry in tests/docs_commands_test.py '
-      'REGISTRY or SNIPPETS (add one that runs them at tiny sizes):\n'
+      'REGISTRY or SNIPPETS, or a task fragment <task>_docs.py (add one that runs them at tiny sizes):\n'
       + '\n'.join(missing),
     )
 
