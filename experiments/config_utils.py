@@ -260,15 +260,18 @@ def config_changes(
 ) -> list[tuple[str, Any, Any]]:
   """The (key, old value, new value) of every dotted key that differs.
 
-  A key missing on one side has the value `config_utils.ABSENT` there.
-  Keys in `ignore`, or under a section named in it, are left out.
+  A key missing on one side has the value `config_utils.ABSENT` there; an
+  empty section counts as missing. Keys in `ignore`, or under a section named
+  in it, are left out.
 
   Args:
     old: e.g. the `config.json` a run was started with.
     new: the same for the run now (JSON values: lists, not tuples).
     ignore: dotted keys or section names, e.g. `('log_every_steps', 'run')`.
   """
-  flat_old, flat_new = flatten(old), flatten(new)
+  flat_old, flat_new = (
+    {k: v for k, v in flatten(d).items() if v != {}} for d in (old, new)
+  )
   changes = []
   for key in sorted(set(flat_old) | set(flat_new)):
     if any(key == i or key.startswith(i + '.') for i in ignore):

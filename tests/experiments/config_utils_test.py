@@ -114,14 +114,14 @@ class ParseArgTest(parameterized.TestCase):
 
   def test_config_changes(self):
     old = {'batch_size': 64, 'model': {'width': 8, 'sizes': [1, 2]}, 'x': 1}
-    new = {'batch_size': 32, 'model': {'width': 8, 'sizes': [1, 3]}, 'y': {}}
+    new = {'batch_size': 32, 'model': {'width': 8, 'sizes': [1, 3]}, 'y': 2}
     changes = config_utils.config_changes(old, new, ignore=('x',))
     self.assertEqual(
       changes,
       [
         ('batch_size', 64, 32),
         ('model.sizes', [1, 2], [1, 3]),
-        ('y', config_utils.ABSENT, {}),
+        ('y', config_utils.ABSENT, 2),
       ],
     )
     self.assertEqual(
@@ -129,7 +129,17 @@ class ParseArgTest(parameterized.TestCase):
       'batch_size: 64 -> 32; model.sizes: [1, 2] -> [1, 3]; and 1 more',
     )
     self.assertEqual(
-      config_utils.format_changes(changes[2:]), 'y: (absent) -> {}'
+      config_utils.format_changes(changes[2:]), 'y: (absent) -> 2'
+    )
+    # An empty section is no section: a run recorded with `model: {}`
+    # resumes under a config that adds an ignored `model.runtime`.
+    self.assertEqual(
+      config_utils.config_changes(
+        {'model': {}, 'z': {}},
+        {'model': {'runtime': {'attention_impl': 'einsum'}}},
+        ignore=('model.runtime',),
+      ),
+      [],
     )
     # A section in `ignore` hides all of its keys.
     self.assertEqual(
