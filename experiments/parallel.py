@@ -48,7 +48,13 @@ def maybe_initialize_distributed(force: bool = False) -> bool:
   mpi = int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
   if not (force or slurm or mpi or any(v in os.environ for v in _CLUSTER_ENV)):
     return False
-  jax.distributed.initialize()
+  kwargs = {}
+  # jax.distributed reads JAX_COORDINATOR_ADDRESS itself, but not these two.
+  if 'JAX_NUM_PROCESSES' in os.environ:
+    kwargs['num_processes'] = int(os.environ['JAX_NUM_PROCESSES'])
+  if 'JAX_PROCESS_ID' in os.environ:
+    kwargs['process_id'] = int(os.environ['JAX_PROCESS_ID'])
+  jax.distributed.initialize(**kwargs)
   logging.info(
     'jax.distributed: process %d of %d, %d local of %d devices.',
     jax.process_index(),

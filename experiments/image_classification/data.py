@@ -129,9 +129,12 @@ def digits_train_batches(
   while True:
     idx = stream_indices(
       len(labels), seed, step * global_batch_size, global_batch_size
-    )[rows]
+    )
     rng = np.random.default_rng([seed, 1, step])
-    batch_images = shift_images(images[idx], rng, max_shift)
+    # The shifts of the whole global batch, then this process's rows: the
+    # same pixels whatever the number of processes.
+    batch_images = shift_images(images[idx], rng, max_shift)[rows]
+    idx = idx[rows]
     yield {
       'images': batch_images,
       'labels': labels[idx],

@@ -249,6 +249,7 @@ def attend(
   dropout_prob=0.0,
   dropout_rng=None,
   runtime=runtime_lib.DEFAULT,
+  causal_offset=None,
 ):
   """Multi-head scaled dot-product attention.
 
@@ -262,6 +263,9 @@ def attend(
     dropout_rng: PRNG key, required when `dropout_prob > 0`.
     runtime: a `runtime.Runtime`: the implementation (`resolve`), the block
       sizes, and the compute dtype of the projections of `KeyValueInputs`.
+    causal_offset: optional int; query i sees keys 0..causal_offset + i only
+      (Perceiver AR). 'grid' and 'projected' fall back to 'chunked' on the
+      projected keys and values; 'chunked' masks block by block.
 
   Returns:
     [B, N, H * Dv] attended values.
@@ -279,6 +283,8 @@ def attend(
     q, kv, kv_mask=kv_mask, dropout_prob=dropout_prob, runtime=runtime
   )
   num_heads = q.shape[2]
+  if causal_offset is not None and impl in ('grid', 'projected'):
+    impl = 'chunked'  # Keys and values projected whole, then blocks.
   if impl == 'grid':
     out = grid.attend(
       q,
@@ -318,6 +324,7 @@ def attend(
         kv_mask=kv_mask,
         dropout_prob=dropout_prob,
         dropout_rng=dropout_rng,
+        causal_offset=causal_offset,
       )
     elif impl == 'dot_product':
       if dropout_prob > 0.0:
@@ -325,7 +332,9 @@ def attend(
           "The 'dot_product' attention implementation has no dropout; use "
           "'einsum', 'chunked' or 'auto' when dropout_attn_prob > 0."
         )
-      out = dot_product.attend(q, k, v, kv_mask=kv_mask)
+      out = dot_product.attend(
+        q, k, v, kv_mask=kv_mask, causal_offset=causal_offset
+      )
     else:
       out = chunked.attend(
         q,
@@ -336,5 +345,6 @@ def attend(
         dropout_rng=dropout_rng,
         q_chunk_size=runtime.q_chunk_size,
         kv_chunk_size=runtime.kv_chunk_size,
+        causal_offset=causal_offset,
       )  # [B, N, H * Dv]
   return wipe_masked_rows(out, q_mask, kv_mask)

@@ -133,18 +133,25 @@ class _Config:
   value_dtype: str = 'float32'
   # One block, computed one (example, head) at a time: see `_forward`.
   heads_apart: bool = False
+  # Query i sees keys up to causal_offset + i only (None: no causal mask).
+  causal_offset: int | None = None
 
 
 def _slice(x, start, size, axis=2):
   return lax.dynamic_slice_in_dim(x, start, size, axis=axis)
 
 
-def _block_logits(cfg, q_block, k_block, valid_block):
+def _block_logits(cfg, q_block, k_block, valid_block, q_start=0, k_start=0):
   """float32 [B, H, Q, K] scaled, masked logits of one block."""
   s = jnp.einsum(
     'bhqd,bhkd->bhqk', q_block, k_block, preferred_element_type=jnp.float32
   )
   s = s * jnp.float32(cfg.scale)
+  if cfg.causal_offset is not None:
+    rows = jnp.arange(q_block.shape[2]) + q_start + cfg.causal_offset
+    cols = jnp.arange(k_block.shape[2]) + k_start
+    seen = cols[None, :] <= rows[:, None]  # [Q, K], one block only.
+    s = jnp.where(seen, s, jnp.float32(MASK_VALUE))
   if not cfg.masked:
     return s
   return jnp.where(valid_block[:, None, None, :], s, jnp.float32(MASK_VALUE))
@@ -169,7 +176,7 @@ def _online_update(
 ):
   """Folds one [Q, K] block into the running (max, sum, weighted sum)."""
   m, denom, acc = stats
-  s = _block_logits(cfg, q_block, k_block, valid_block)
+  s = _block_logits(cfg, q_block, k_block, valid_block, q_start, k_start)
   m_new = jnp.maximum(m, jnp.max(s, axis=-1))
   p = jnp.exp(s - m_new[..., None])  # [B, H, Q, K]
   correction = jnp.exp(m - m_new)
@@ -209,7 +216,7 @@ def _block_grads(cfg, seeds, blocks, q_start, k_start):
   q_block, k_block, v_block, valid_block, do_block, lse_block, delta_block = (
     blocks
   )
-  s = _block_logits(cfg, q_block, k_block, valid_block)
+  s = _block_logits(cfg, q_block, k_block, valid_block, q_start, k_start)
   p = jnp.exp(s - lse_block[..., None])  # [B, H, Q, K]
   dp = jnp.einsum(
     'bhqd,bhkd->bhqk', do_block, v_block, preferred_element_type=jnp.float32
@@ -567,6 +574,7 @@ def attend(
   dropout_rng=None,
   q_chunk_size=DEFAULT_Q_CHUNK_SIZE,
   kv_chunk_size=DEFAULT_KV_CHUNK_SIZE,
+  causal_offset=None,
 ):
   """Attention in [Q, K] blocks, without the [B, H, N, M] matrix.
 
@@ -582,16 +590,25 @@ def attend(
     dropout_rng: PRNG key, required when `dropout_prob > 0`.
     q_chunk_size: at most this many queries per block.
     kv_chunk_size: at most this many keys per block.
+    causal_offset: optional int; query i sees keys 0..causal_offset + i only.
+      Each block builds its own [Q, K] part of the mask.
 
   Returns:
     [B, N, H * Dv].
   """
   num_kv = k.shape[1]
   cfg = _config(
-    q.shape, num_kv, kv_mask, dropout_prob, q_chunk_size, kv_chunk_size
+    q.shape,
+    num_kv,
+    kv_mask,
+    dropout_prob,
+    q_chunk_size,
+    kv_chunk_size,
+    causal_offset=causal_offset,
   )
   if (
-    cfg.num_q_blocks == cfg.num_kv_blocks == 1
+    causal_offset is None
+    and cfg.num_q_blocks == cfg.num_kv_blocks == 1
     and dropout_prob == 0.0
     and q.shape[0] * q.shape[2] <= MAX_HEADS_APART
     and jax.default_backend() == 'cpu'

@@ -43,7 +43,7 @@ def cudnn_applies(q, k, v, *, kv_mask=None, dropout_prob=0.0):
   return kv_mask is None and dropout_prob == 0.0
 
 
-def attend(q, k, v, *, kv_mask=None, use_cudnn=None):
+def attend(q, k, v, *, kv_mask=None, use_cudnn=None, causal_offset=None):
   """`jax.nn.dot_product_attention`, cuDNN where `cudnn_applies`.
 
   It needs equal query and value head sizes; when they differ, the smaller
@@ -55,6 +55,8 @@ def attend(q, k, v, *, kv_mask=None, use_cudnn=None):
     v: [B, M, H, Dv] values.
     kv_mask: optional [B, M]; keys with 0 are ignored.
     use_cudnn: force cuDNN on or off; None asks `cudnn_applies`.
+    causal_offset: optional int; query i sees keys 0..causal_offset + i only
+      (given to the kernel as an [N, M] mask).
 
   Returns:
     [B, N, H * Dv]; `ops.attend.attend` zeros the rows without keys.
@@ -73,6 +75,12 @@ def attend(q, k, v, *, kv_mask=None, use_cudnn=None):
   if kv_mask is not None:
     mask = (kv_mask != 0)[:, None, None, :]  # [B, 1, 1, M]
     if use_cudnn:  # cuDNN takes the mask as a full [B, 1, N, M] bias.
+      mask = jnp.broadcast_to(mask, (batch, 1, num_q, k.shape[1]))
+  if causal_offset is not None:
+    causal = einsum.causal_mask(num_q, k.shape[1], causal_offset)
+    causal = causal[None, None]  # [1, 1, N, M]
+    mask = causal if mask is None else jnp.logical_and(mask, causal)
+    if use_cudnn:
       mask = jnp.broadcast_to(mask, (batch, 1, num_q, k.shape[1]))
   out = jax.nn.dot_product_attention(
     q,

@@ -14,7 +14,16 @@ from perceiver_io.ops import chunked
 LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
-def attend(q, k, v, *, kv_mask=None, dropout_prob=0.0, dropout_rng=None):
+def attend(
+  q,
+  k,
+  v,
+  *,
+  kv_mask=None,
+  dropout_prob=0.0,
+  dropout_rng=None,
+  causal_offset=None,
+):
   """The reference: materialises the [B, H, N, M] attention matrix.
 
   Low-precision (bf16/fp16) inputs get float32 logits and softmax.
@@ -26,6 +35,7 @@ def attend(q, k, v, *, kv_mask=None, dropout_prob=0.0, dropout_rng=None):
     kv_mask: optional [B, M]; keys with 0 are ignored.
     dropout_prob: dropout rate on the attention weights.
     dropout_rng: PRNG key, required when `dropout_prob > 0`.
+    causal_offset: optional int; query i sees keys 0..causal_offset + i only.
 
   Returns:
     [B, N, H * Dv]. Rows whose keys are all masked come out as the mean of
@@ -57,6 +67,12 @@ def attend(q, k, v, *, kv_mask=None, dropout_prob=0.0, dropout_rng=None):
       logits,
       jnp.asarray(chunked.MASK_VALUE, logits.dtype),
     )
+  if causal_offset is not None:
+    logits = jnp.where(
+      causal_mask(num_q, k.shape[2], causal_offset),
+      logits,
+      jnp.asarray(chunked.MASK_VALUE, logits.dtype),
+    )
   weights = jax.nn.softmax(logits, axis=-1)
   if dropout_prob > 0.0:
     seeds = chunked.dropout_seeds(dropout_rng)
@@ -72,3 +88,9 @@ def attend(q, k, v, *, kv_mask=None, dropout_prob=0.0, dropout_rng=None):
   ).astype(v.dtype)  # [B, H, N, Dv]
   out = jnp.swapaxes(out, 1, 2)  # [B, N, H, Dv]
   return jnp.reshape(out, (batch, num_q, num_heads * v.shape[-1]))
+
+
+def causal_mask(num_q, num_kv, offset):
+  """[N, M] booleans: query i sees keys up to position offset + i."""
+  rows = jnp.arange(num_q)[:, None] + offset
+  return jnp.arange(num_kv)[None, :] <= rows
