@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from perceiver_io import attention
+from perceiver_io import models
 from perceiver_io.ops import attend as attend_lib
 from perceiver_io.ops import chunked
 from perceiver_io.ops.dense import dense
@@ -122,3 +123,21 @@ def capture(layer: str = 'cross_attention'):
 
   with hk.intercept_methods(interceptor):
     yield maps
+
+
+def transform_with_maps(name: str, config=None, layer: str = 'cross_attention'):
+  """`hk.transform_with_state` of the model `name` returning its maps too.
+
+  `apply(params, state, rng, **inputs)` gives `((outputs, maps), state)`:
+  the model's outputs at `is_training=False`, and `capture(layer)`'s dict of
+  module name -> float32[B, H, N, M]. The parameters are the model's own
+  (a released checkpoint loads as is).
+  """
+  forward = models.build_forward_fn(name, config)
+
+  def fn(**inputs):
+    with capture(layer) as maps:
+      outputs = forward(is_training=False, **inputs)
+    return outputs, maps
+
+  return hk.transform_with_state(fn)

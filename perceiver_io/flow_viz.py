@@ -106,3 +106,45 @@ def colorwheel_legend(size=101):
   ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
   flow = np.stack([xs - c, ys - c], axis=-1)
   return flow_to_color(flow, max_radius=c)
+
+
+def with_legend(image, size=None, margin=None):
+  """The colour-coded `image` with the legend wheel to its right.
+
+  Args:
+    image: uint8 [H, W, 3], from `flow_to_color`.
+    size: the wheel's side in pixels; default H // 3, clipped to [33, 161].
+    margin: white pixels around the wheel; default size // 8.
+
+  Returns:
+    uint8 [max(H, size + 2 * margin), W + size + 2 * margin, 3]: the image at
+    the top left, unchanged, white elsewhere, and the wheel (its rim is the
+    normalising radius) at the top of the right-hand panel.
+
+  Raises:
+    ValueError: if `image` is not uint8 [H, W, 3].
+  """
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+    raise ValueError(
+      f'Expected a uint8 [H, W, 3] image, got {image.dtype} {image.shape}.'
+    )
+  height, width = image.shape[:2]
+  if size is None:
+    size = int(np.clip(height // 3, 33, 161))
+  if margin is None:
+    margin = size // 8
+  wheel = colorwheel_legend(size)
+  c = (size - 1) / 2
+  ys, xs = np.mgrid[0:size, 0:size]
+  outside = (ys - c) ** 2 + (xs - c) ** 2 > c**2
+  wheel[outside] = 255
+  out = np.full(
+    (max(height, size + 2 * margin), width + size + 2 * margin, 3),
+    255,
+    np.uint8,
+  )
+  out[:height, :width] = image
+  left = width + margin
+  out[margin : margin + size, left : left + size] = wheel
+  return out

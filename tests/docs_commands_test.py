@@ -204,6 +204,26 @@ REGISTRY = {
   '--config=configs/image_classification.py:digits --workdir=runs/digits_8': Run(
     steps(4), expect=r'Devices: 8 \(1 processes\)'
   ),
+  'python -m experiments.multiprocess --num_processes=2 --devices_per_process=4 -- -m '
+  'experiments.image_classification --config=configs/image_classification.py:digits '
+  '--workdir=runs/digits_2x4': Run(
+    steps(2), expect=r'Devices: 8 \(2 processes\)'
+  ),
+  'srun --nodes=4 --ntasks-per-node=1 --gpus-per-node=8 python -m experiments.image_classification '
+  '--config=configs/image_classification.py:fourier --workdir=/shared/runs/imagenet': NotRun(
+    'needs a SLURM GPU cluster; multiprocess_test runs the same code path'
+  ),
+  'JAX_COORDINATOR_ADDRESS=10.0.0.1:8476 JAX_NUM_PROCESSES=4 JAX_PROCESS_ID=0 python -m '
+  'experiments.image_classification --config=configs/image_classification.py:fourier '
+  '--workdir=/shared/runs/imagenet': NotRun(
+    'needs 4 hosts; parallel_test checks that these variables reach '
+    'jax.distributed.initialize and multiprocess_test runs that code path'
+  ),
+  "gcloud compute tpus tpu-vm ssh my-pod --zone=us-central2-b --worker=all --command='cd perceiver-io "
+  '&& python -m experiments.image_classification --config=configs/image_classification.py:fourier '
+  "--workdir=gs://my-bucket/runs/imagenet --jax_distributed'": NotRun(
+    'needs a Cloud TPU pod slice'
+  ),
   'python -m experiments.image_classification --config=configs/image_classification.py:fourier '
   '--workdir=runs/imagenet_b256 --config.batch_size=256 --config.num_epochs=10 --config.schedule.base_lr=1e-3 '
   '--config.model.encoder.num_blocks=4 --config.data.data_dir=/data/tfds': Run(

@@ -8,10 +8,20 @@ import nbformat
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_tour_notebook_runs():
-  nb = nbformat.read(
+def _read():
+  return nbformat.read(
     os.path.join(ROOT, 'notebooks', 'tour.ipynb'), as_version=4
   )
+
+
+def test_tour_notebook_is_stored_without_outputs():
+  for cell in _read().cells:
+    if cell.cell_type == 'code':
+      assert not cell.outputs and cell.execution_count is None, cell.source
+
+
+def test_tour_notebook_runs():
+  nb = _read()
   # The parameter cell: a tiny training run under test.
   for cell in nb.cells:
     if 'parameters' in cell.get('metadata', {}).get('tags', []):

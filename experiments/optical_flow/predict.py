@@ -5,8 +5,9 @@ r"""Two image files of any size -> optical flow `.flo`, `.npy` and a picture.
     --frame1=frame_0001.png --frame2=frame_0002.png --output=out/flow
 
 writes `out/flow.flo` (Middlebury), `out/flow.npy` (float32 [H, W, 2], u and
-v in pixels) and `out/flow.png` (the Middlebury colour coding; the colour
-legend is in docs/optical_flow.md). The frames may have any size: larger
+v in pixels) and `out/flow.png` (the Middlebury colour coding, with the
+colour wheel to its right as the legend: its rim is the flow length drawn at
+full colour, printed by the command; `--nolegend` writes the coding alone). The frames may have any size: larger
 frames are covered by overlapping tiles of the model's size whose flows are
 blended, smaller ones are resized or padded (`--small_frames`); see
 `perceiver_io/flow_tiling.py`.
@@ -189,14 +190,25 @@ def predict_flow(
   )
 
 
-def write_outputs(prefix, flow, max_radius=None):
-  """Writes `prefix`.flo, .npy and .png; returns the three paths."""
+def write_outputs(prefix, flow, max_radius=None, legend=True):
+  """Writes `prefix`.flo, .npy and .png; returns the three paths.
+
+  Args:
+    prefix: output path without extension.
+    flow: float32 [H, W, 2], (u, v) in pixels.
+    max_radius: the flow length drawn at full colour; None: the largest.
+    legend: put the colour wheel (`flow_viz.with_legend`) right of the
+      coding in the PNG.
+  """
   folder = os.path.dirname(os.path.abspath(prefix))
   os.makedirs(folder, exist_ok=True)
   paths = (prefix + '.flo', prefix + '.npy', prefix + '.png')
   flow_files.write_flo(paths[0], flow)
   flow_files.write_npy_flow(paths[1], flow)
-  flow_files.write_image(paths[2], flow_viz.flow_to_color(flow, max_radius))
+  image = flow_viz.flow_to_color(flow, max_radius)
+  if legend:
+    image = flow_viz.with_legend(image)
+  flow_files.write_image(paths[2], image)
   return paths
 
 
@@ -218,12 +230,18 @@ def main(argv):
     min_overlap=FLAGS.min_overlap if FLAGS.min_overlap >= 0 else None,
     small_frames=FLAGS.small_frames,
   )
-  paths = write_outputs(FLAGS.output, flow, FLAGS.max_radius or None)
+  paths = write_outputs(
+    FLAGS.output, flow, FLAGS.max_radius or None, legend=FLAGS.legend
+  )
   magnitude = np.sqrt(np.sum(flow**2, axis=-1))
+  finite = magnitude[np.isfinite(magnitude)]
+  radius = FLAGS.max_radius or (
+    float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+  )
   print(
     f'Flow {flow.shape[0]}x{flow.shape[1]}: mean |flow| '
-    f'{magnitude.mean():.3f} px, max {magnitude.max():.3f} px. Wrote '
-    + ', '.join(paths),
+    f'{magnitude.mean():.3f} px, max {magnitude.max():.3f} px. Full colour '
+    f"(the legend wheel's rim) is {radius:.3f} px. Wrote " + ', '.join(paths),
     flush=True,
   )
   warning = motion_warning(flow, training_motion(FLAGS.checkpoint))
@@ -255,6 +273,11 @@ def define_flags():
     'max_radius',
     0.0,
     'Flow length drawn at full colour (0: the largest in the frame).',
+  )
+  flags.DEFINE_bool(
+    'legend',
+    True,
+    'Draw the colour wheel right of the flow coding in the PNG.',
   )
   flags.mark_flags_as_required(['checkpoint', 'frame1', 'frame2', 'output'])
 

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
 import jax
 import numpy as np
@@ -41,6 +42,35 @@ class ParallelTest(absltest.TestCase):
     for key in ('JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS'):
       self.assertNotIn(key, os.environ)
     self.assertFalse(parallel.maybe_initialize_distributed())
+
+  def test_cluster_env_reaches_initialize(self):
+    # The variables of docs/training.md's "without a scheduler" launch.
+    calls = []
+    env = {
+      'JAX_COORDINATOR_ADDRESS': '10.0.0.1:8476',
+      'JAX_NUM_PROCESSES': '4',
+      'JAX_PROCESS_ID': '2',
+    }
+    with (
+      mock.patch.dict(os.environ, env),
+      mock.patch.object(
+        jax.distributed, 'initialize', lambda **kw: calls.append(kw)
+      ),
+      mock.patch.object(jax, 'process_index', lambda: 2),
+      mock.patch.object(jax, 'process_count', lambda: 4),
+    ):
+      self.assertTrue(parallel.maybe_initialize_distributed())
+    # JAX reads JAX_COORDINATOR_ADDRESS itself; the other two are ours.
+    self.assertEqual(calls, [{'num_processes': 4, 'process_id': 2}])
+    calls.clear()
+    with (
+      mock.patch.dict(os.environ, {'SLURM_NTASKS': '8'}),
+      mock.patch.object(
+        jax.distributed, 'initialize', lambda **kw: calls.append(kw)
+      ),
+    ):
+      self.assertTrue(parallel.maybe_initialize_distributed())
+    self.assertEqual(calls, [{}])  # SLURM: JAX detects everything.
 
   def test_eight_fake_devices(self):
     code = textwrap.dedent("""

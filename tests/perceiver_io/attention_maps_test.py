@@ -25,14 +25,7 @@ def _setup(case, name):
 
 
 def _with_maps(name, config, layer='cross_attention'):
-  forward = models.build_forward_fn(name, config)
-
-  def fn(**inputs):
-    with attention_maps.capture(layer) as maps:
-      outputs = forward(is_training=False, **inputs)
-    return outputs, maps
-
-  return hk.transform_with_state(fn)
+  return attention_maps.transform_with_maps(name, config, layer)
 
 
 def _layer_norm(x, scale, offset):

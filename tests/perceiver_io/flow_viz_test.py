@@ -75,6 +75,24 @@ class ColorWheelTest(parameterized.TestCase):
     np.testing.assert_array_equal(legend[10, 10], 255)  # Centre: no motion.
     np.testing.assert_array_equal(legend[10, 20], (255, 0, 0))  # Right.
 
+  def test_with_legend_keeps_the_image_and_adds_the_wheel(self):
+    flow = np.random.default_rng(0).normal(size=(50, 70, 2))
+    image = flow_viz.flow_to_color(flow)
+    out = flow_viz.with_legend(image, size=21, margin=2)
+    self.assertEqual(out.shape, (50, 70 + 25, 3))
+    np.testing.assert_array_equal(out[:, :70], image)
+    wheel = out[2:23, 72:93]
+    np.testing.assert_array_equal(wheel[10, 10], 255)  # Centre: no motion.
+    np.testing.assert_array_equal(wheel[10, 20], (255, 0, 0))  # Rim, right.
+    np.testing.assert_array_equal(wheel[0, 0], 255)  # Outside the disc.
+    np.testing.assert_array_equal(out[30:, 70:], 255)  # Below: white.
+    # A frame lower than the wheel is padded below with white.
+    small = flow_viz.with_legend(image[:10, :10], size=33)
+    self.assertEqual(small.shape, (33 + 8, 10 + 33 + 8, 3))
+    np.testing.assert_array_equal(small[10:, :10], 255)
+    with self.assertRaisesRegex(ValueError, 'uint8'):
+      flow_viz.with_legend(image.astype(np.float32))
+
   def test_bad_inputs(self):
     with self.assertRaisesRegex(ValueError, r'\[H, W, 2\]'):
       flow_viz.flow_to_color(np.zeros((4, 4)))

@@ -88,7 +88,12 @@ class FlowPredictTest(absltest.TestCase):
     self.assertEqual(npy.shape, (13, 30, 2))
     self.assertGreater(np.abs(npy).max(), 1e-3)
     png = flow_files.read_image(prefix + '.png')
-    np.testing.assert_array_equal(png, flow_viz.flow_to_color(npy))
+    # The coding, with the legend wheel to its right.
+    np.testing.assert_array_equal(
+      png, flow_viz.with_legend(flow_viz.flow_to_color(npy))
+    )
+    radius = np.sqrt(np.sum(npy**2, axis=-1)).max()
+    self.assertIn(f"legend wheel's rim) is {radius:.3f} px", result.stdout)
     # The same numbers as tiling the model directly.
     frames = train.to_model_frames(self.frames)
     flow_fn = flow_tiling.make_flow_fn(self.model, self.params, self.state)
@@ -110,6 +115,13 @@ class FlowPredictTest(absltest.TestCase):
       self.assertTrue(np.isfinite(flow).all())
     paths = predict.write_outputs(os.path.join(self.root, 's', 'f'), flow)
     self.assertTrue(all(os.path.exists(p) for p in paths))
+    # Without the legend the PNG is the coding alone.
+    paths = predict.write_outputs(
+      os.path.join(self.root, 's', 'g'), flow, legend=False
+    )
+    np.testing.assert_array_equal(
+      flow_files.read_image(paths[2]), flow_viz.flow_to_color(flow)
+    )
 
   def test_training_motion_is_read_from_the_run(self):
     trained = predict.training_motion(self.workdir)
