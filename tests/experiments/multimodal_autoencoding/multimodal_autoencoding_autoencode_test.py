@@ -1,0 +1,64 @@
+"""Tests for the own-video command, on a clip written here with PyAV."""
+
+import json
+import os
+
+import multimodal_autoencoding_kinetics_test as kinetics_test
+from absl.testing import absltest
+from PIL import Image
+
+from configs import multimodal_autoencoding as config_lib
+from experiments import trainer
+from experiments.multimodal_autoencoding import autoencode
+from experiments.multimodal_autoencoding import train
+
+
+class AutoencodeTest(absltest.TestCase):
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.run_dir = os.path.join(absltest.get_default_test_tmpdir(), 'mmae_run')
+    config = config_lib.get_config('local,tiny')
+    config.num_train_steps = 1
+    config.log_every_steps = config.checkpoint_every_steps = 1
+    trainer.train_and_evaluate(config, cls.run_dir, train.build_task(config))
+
+  def test_outputs_of_a_generated_clip(self):
+    tmp = self.create_tempdir().full_path
+    video = os.path.join(tmp, 'in.mp4')
+    kinetics_test.write_video(video, 5, size=(30, 50))  # 2 windows of 2.
+    names = os.path.join(tmp, 'names.txt')
+    with open(names, 'w') as f:
+      f.write('\n'.join(f'digit {k}' for k in range(10)))
+    out = os.path.join(tmp, 'out')
+    results = autoencode.autoencode(self.run_dir, video, out, names)
+    self.assertEqual(results['windows'], 2)
+    self.assertLen(results['video_psnr'], 2)
+    self.assertLen(results['top5'], 5)
+    self.assertTrue(results['top5'][0]['name'].startswith('digit '))
+    for name in ('reconstruction.mp4', 'reconstruction.wav', 'original.wav'):
+      self.assertGreater(os.path.getsize(os.path.join(out, name)), 0)
+    strip = Image.open(os.path.join(out, 'strip.png'))
+    self.assertEqual(strip.size, (2 * 24, 2 * 24))  # 2 frames, 2 rows.
+    with open(os.path.join(out, 'results.json')) as f:
+      self.assertEqual(json.load(f)['windows'], 2)
+
+  def test_named_errors(self):
+    tmp = self.create_tempdir().full_path
+    bad = os.path.join(tmp, 'bad.mp4')
+    with open(bad, 'wb') as f:
+      f.write(b'not a video')
+    with self.assertRaisesRegex(autoencode.AutoencodeError, 'bad.mp4'):
+      autoencode.autoencode(self.run_dir, bad, tmp)
+    short = os.path.join(tmp, 'short.mp4')
+    kinetics_test.write_video(short, 1)
+    with self.assertRaisesRegex(autoencode.AutoencodeError, 'shorter than'):
+      autoencode.autoencode(self.run_dir, short, tmp)
+    data = config_lib.get_config('local,tiny').data
+    data.audio_rate = 48000
+    with self.assertRaisesRegex(autoencode.AutoencodeError, 'Mismatched audio'):
+      autoencode.windows(short, data)
+
+
+if __name__ == '__main__':
+  absltest.main()
