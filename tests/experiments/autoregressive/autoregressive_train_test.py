@@ -14,8 +14,10 @@ from configs import autoregressive as ar_config
 from experiments import metrics_writer
 from experiments import trainer
 from experiments.autoregressive import data
+from experiments.autoregressive import generate
 from experiments.autoregressive import ngram
 from experiments.autoregressive import train
+from perceiver_io import generation
 
 SOURCE = (
   'def f(x):\n  """Doubles x."""\n  return 2 * x\n\n'
@@ -270,6 +272,52 @@ class EndToEndTest(absltest.TestCase):
     ):
       self.assertTrue(np.isfinite(full[key]), key)
     self.assertGreater(full['eval/targets'], 0)
+
+
+class GenerateTest(absltest.TestCase):
+  def test_a_trained_run_generates_with_and_without_cache(self):
+    root = _write_tree(self.create_tempdir().full_path)
+    config = tiny_config(root)
+    config.num_train_steps = 2
+    workdir = self.create_tempdir().full_path
+    trainer.train_and_evaluate(config, workdir, train.build_task(config))
+    params, kwargs, n = generate.load(workdir)
+    self.assertEqual(n, config.model.num_latents)
+    prompt = b'def f(x):\n  return'
+    outs = [
+      generation.generate(
+        params,
+        prompt,
+        model_kwargs=kwargs,
+        num_latents=n,
+        max_new_bytes=12,
+        temperature=0.0,
+        use_cache=use_cache,
+      )
+      for use_cache in (True, False)
+    ]
+    self.assertLen(outs[0], 12)
+    self.assertEqual(outs[0], outs[1])
+    # The trained parameters are the ones generation reads: its logits at
+    # the latents equal the training model's.
+    tokens = np.frombuffer(prompt, np.uint8).astype(np.int32)[None]
+    model = train.build_model(config)
+    logits, _ = model.apply(
+      params, {}, None, tokens=tokens, num_latents=min(n, tokens.shape[1])
+    )
+    self.assertEqual(int(np.argmax(logits[0, -1])), outs[0][0])
+
+  def test_prompt_fitting_and_errors(self):
+    self.assertEqual(generate.fit_prompt(b'abcdef', 8, 4), b'cdef')
+    self.assertEqual(generate.fit_prompt(b'ab', 8, 4), b'ab')
+    with self.assertRaisesRegex(ValueError, 'prompt is empty'):
+      generate.fit_prompt(b'', 8, 4)
+    with self.assertRaisesRegex(ValueError, 'use at most 7'):
+      generate.fit_prompt(b'ab', 8, 8)
+    with self.assertRaisesRegex(ValueError, 'at least one'):
+      generate.fit_prompt(b'ab', 8, 0)
+    with self.assertRaisesRegex(FileNotFoundError, 'No run at'):
+      generate.load(os.path.join(self.create_tempdir().full_path, 'nothing'))
 
 
 if __name__ == '__main__':
