@@ -92,8 +92,12 @@ class PerceiverAR(hk.Module):
       kv = _layer_norm('kv_norm')(x)
       return _heads(kv, self.num_heads, 'k'), _heads(kv, self.num_heads, 'v')
 
-  def latents_to_logits(self, latents, k, v, offset, input_mask=None):
-    """Logits [B, N, V] of latents [B, N, C] at positions offset.. .
+  def cross(self, latents, k, v, offset, input_mask=None):
+    """[B, N, C]: latents at positions offset.. after the causal cross-attend.
+
+    Row i reads the inputs up to its own position offset + i only, so its
+    result does not depend on which other latents are present (generation
+    computes it once per position).
 
     Args:
       latents: [B, N, C] embeddings of positions offset .. offset + N - 1.
@@ -103,7 +107,7 @@ class PerceiverAR(hk.Module):
       input_mask: optional [B, M]; 0 marks padding.
 
     Returns:
-      [B, N, V] logits.
+      [B, N, C], after the cross-attention and its MLP.
     """
     with hk.experimental.name_scope('cross'):
       q = _heads(_layer_norm('q_norm')(latents), self.num_heads, 'q')
@@ -115,17 +119,23 @@ class PerceiverAR(hk.Module):
         runtime=self.runtime,
       )
       z = latents + hk.Linear(self.channels, name='out')(out)
-    z = z + _mlp(
+    return z + _mlp(
       _layer_norm('cross_mlp_norm')(z),
       self.widening,
       self.squared_relu,
       'cross_mlp',
     )
-    latent_mask = None
-    if input_mask is not None:
-      latent_mask = jax.lax.dynamic_slice_in_dim(
-        input_mask, offset, latents.shape[1], axis=1
-      )
+
+  def latent_stack(self, z, latent_mask=None):
+    """Logits [B, N, V] of the causal latent stack over z [B, N, C].
+
+    Args:
+      z: [B, N, C], the output of `cross` for N consecutive positions.
+      latent_mask: optional [B, N]; 0 marks padding.
+
+    Returns:
+      [B, N, V] logits.
+    """
     for i in range(self.num_layers):
       h = _layer_norm(f'self_{i}_norm')(z)
       z = z + _attention(
@@ -158,7 +168,11 @@ class PerceiverAR(hk.Module):
     offset = num_tokens - num_latents
     x = self.embed(tokens)  # [B, M, C]
     k, v = self.context_kv(x)
-    return self.latents_to_logits(x[:, offset:], k, v, offset, input_mask)
+    z = self.cross(x[:, offset:], k, v, offset, input_mask)
+    latent_mask = None
+    if input_mask is not None:
+      latent_mask = input_mask[:, offset:]
+    return self.latent_stack(z, latent_mask)
 
 
 def loss_fn(logits, targets, mask=None, z_loss=0.0):

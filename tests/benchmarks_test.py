@@ -115,5 +115,33 @@ class HarnessTest(absltest.TestCase):
     self.assertIn("'float16:auto' is not", bad.stderr)
 
 
+class ARDecodeTest(absltest.TestCase):
+  def test_rows_at_a_tiny_size(self):
+    done = subprocess.run(
+      [
+        sys.executable,
+        '-m',
+        'benchmarks.ar_decode',
+        '--context=96',
+        '--new_bytes=6',
+        '--latents=16',
+        '--long_context=1024',
+        '--long_latents=32',
+        '--channels=16',
+      ],
+      check=False,
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
+    self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+    self.assertRegex(done.stdout, r'\| with cache \| [0-9.]+ \|')
+    self.assertRegex(done.stdout, r'\| without cache \| [0-9.]+ \|')
+    self.assertRegex(
+      done.stdout, r'forward, context 1024, N=32 \| [0-9.]+ s \| peak RSS'
+    )
+
+
 if __name__ == '__main__':
   absltest.main()
