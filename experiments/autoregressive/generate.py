@@ -16,7 +16,6 @@ import codecs
 import time
 
 import jax
-import numpy as np
 
 from experiments import runs
 from perceiver_io import generation
@@ -103,7 +102,6 @@ def main(argv):
     len(out) / max(seconds, 1e-9),
     'on' if f.use_cache else 'off',
   )
-  return np.frombuffer(out, np.uint8)
 
 
 def define_flags():

@@ -12,9 +12,11 @@ from absl.testing import absltest
 
 from configs import autoregressive as ar_config
 from experiments import metrics_writer
+from experiments import runs
 from experiments import trainer
 from experiments.autoregressive import data
 from experiments.autoregressive import generate
+from experiments.autoregressive import latent_sweep
 from experiments.autoregressive import ngram
 from experiments.autoregressive import train
 from perceiver_io import generation
@@ -306,6 +308,17 @@ class GenerateTest(absltest.TestCase):
       params, {}, None, tokens=tokens, num_latents=min(n, tokens.shape[1])
     )
     self.assertEqual(int(np.argmax(logits[0, -1])), outs[0][0])
+    # The same run evaluated at other latent counts.
+    run = runs.load_run(workdir)
+    rows = latent_sweep.sweep(run, [2, n], batch_size=3)
+    windows = config.data.num_eval_windows
+    self.assertEqual([r['targets'] for r in rows], [2 * windows, n * windows])
+    for row in rows:
+      self.assertTrue(np.isfinite(row['bits_per_byte']))
+      self.assertTrue(np.isfinite(row['ngram_bits_per_byte']))
+    self.assertEqual(latent_sweep.default_latents(8, 20), [2, 4, 8, 16])
+    with self.assertRaisesRegex(ValueError, 'N=99 must be in'):
+      latent_sweep.sweep(run, [99])
 
   def test_prompt_fitting_and_errors(self):
     self.assertEqual(generate.fit_prompt(b'abcdef', 8, 4), b'cdef')
