@@ -26,6 +26,7 @@ import resource
 import sys
 import time
 
+import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,8 +94,6 @@ def long_forward_row():
   m, n = _LONG.value, _LONG_LATENTS.value
   kwargs = _kwargs(m)
   params = generation.init_params(kwargs, jax.random.PRNGKey(1))
-  import haiku as hk
-
   forward = hk.without_apply_rng(
     hk.transform(lambda t: autoregressive.PerceiverAR(**kwargs)(t, n))
   )

@@ -75,6 +75,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     _local(config)
   else:
     _paper(config, PAPER_LATENTS[args.variant])
+  config.optimizer.update(
+    dict(name='adamw', weight_decay=0.0, max_grad_norm=1.0)
+  )
+  config.schedule.update(
+    dict(
+      name='warmup_cosine',
+      base_lr=1e-3,
+      scale_by_batch=False,
+      warmup_steps=100 if args.variant == 'local' else 1_000,
+      end_value=0.0,
+    )
+  )
   if args.tiny:
     _tiny(config)
   return config
@@ -91,18 +103,6 @@ def _paper(config, num_latents):
     eval_batch_size=8,
   )
   config.model.encoder.z_index_dim = num_latents
-  config.optimizer.update(
-    dict(name='adamw', weight_decay=0.0, max_grad_norm=1.0)
-  )
-  config.schedule.update(
-    dict(
-      name='warmup_cosine',
-      base_lr=1e-3,
-      scale_by_batch=False,
-      warmup_steps=1_000,
-      end_value=0.0,
-    )
-  )
   config.data.source = 'kinetics'
   config.data.num_eval_examples = 1024
 
@@ -118,81 +118,95 @@ def _local(config):
     checkpoint_every_steps=1_000,
     eval_batch_size=64,
   )
-  m = config.model
-  m.num_frames, m.image_size, m.audio_samples, m.num_classes = (
-    8,
-    (32, 32),
-    1024,
-    10,
+  config.model.num_classes = 10
+  _shrink(
+    config,
+    frames=8,
+    image_size=(32, 32),
+    audio_samples=1024,
+    latents=16,
+    channels=64,
+    self_attends=4,
+    heads=4,
+    image_bands=8,
+    audio_bands=16,
   )
-  m.image_preprocessor.fourier_position_encoding_kwargs.num_bands = 8
-  m.image_decoder.fourier_position_encoding_kwargs.num_bands = 8
-  m.audio_preprocessor.fourier_position_encoding_kwargs.num_bands = 16
-  m.audio_decoder.fourier_position_encoding_kwargs.num_bands = 16
-  m.encoder.update(
-    dict(
-      z_index_dim=16,
-      num_z_channels=64,
-      num_self_attends_per_block=4,
-      num_self_attend_heads=4,
-      qk_channels=64,
-      v_channels=64,
-    )
-  )
-  for section in ('decoder', 'image_decoder', 'audio_decoder'):
-    m[section].output_num_channels = 64
-  m.label_decoder.trainable_position_encoding_kwargs.num_channels = 64
   # The paper's 0.03 / 1 / 1e-4 barely trains the label in minutes; the
   # local run weighs video and label up (docs/multimodal_autoencoding.md).
   config.loss.update(dict(video=1.0, audio=1.0, label=0.1))
-  config.optimizer.update(
-    dict(name='adamw', weight_decay=0.0, max_grad_norm=1.0)
-  )
-  config.schedule.update(
-    dict(
-      name='warmup_cosine',
-      base_lr=1e-3,
-      scale_by_batch=False,
-      warmup_steps=100,
-      end_value=0.0,
-    )
-  )
   d = config.data
-  d.num_frames, d.image_size, d.audio_samples = 8, (32, 32), 1024
   d.train_image_points, d.train_audio_samples = 1024, 256
   d.num_eval_examples = 256
-  # 128 samples a frame at 25 fps (what `autoencode` resamples audio to).
-  d.audio_rate = d.fps * d.audio_samples // d.num_frames
   config.eval.num_decode_chunks = 4
+
+
+def _shrink(
+  config,
+  *,
+  frames,
+  image_size,
+  audio_samples,
+  latents,
+  channels,
+  self_attends,
+  heads,
+  image_bands,
+  audio_bands,
+):
+  """Model and data at smaller sizes: one width for latents and outputs."""
+  m = config.model
+  m.num_frames, m.image_size, m.audio_samples = (
+    frames,
+    image_size,
+    audio_samples,
+  )
+  m.encoder.update(
+    dict(
+      z_index_dim=latents,
+      num_z_channels=channels,
+      num_self_attends_per_block=self_attends,
+      num_self_attend_heads=heads,
+      qk_channels=channels,
+      v_channels=channels,
+    )
+  )
+  for section in ('decoder', 'image_decoder', 'audio_decoder'):
+    m[section].output_num_channels = channels
+  for section in ('image_preprocessor', 'image_decoder'):
+    m[section].fourier_position_encoding_kwargs.num_bands = image_bands
+  for section in ('audio_preprocessor', 'audio_decoder'):
+    m[section].fourier_position_encoding_kwargs.num_bands = audio_bands
+  m.label_decoder.trainable_position_encoding_kwargs.num_channels = channels
+  d = config.data
+  d.num_frames, d.image_size, d.audio_samples = (
+    frames,
+    image_size,
+    audio_samples,
+  )
+  # The model's samples a frame at the data's frame rate (25 fps: 128 a
+  # frame for local; what `autoencode` resamples audio to).
+  d.audio_rate = d.fps * d.audio_samples // d.num_frames
 
 
 def _tiny(config):
   """Test sizes: milliseconds per step."""
-  m = config.model
-  m.num_frames, m.image_size, m.audio_samples = 2, (24, 24), 128
-  m.num_classes = 10 if config.data.source == 'digits' else m.num_classes
-  m.encoder.update(
-    dict(
-      z_index_dim=4,
-      num_z_channels=16,
-      num_self_attends_per_block=1,
-      num_self_attend_heads=2,
-      qk_channels=16,
-      v_channels=16,
-    )
+  if config.data.source == 'digits':
+    config.model.num_classes = 10
+  _shrink(
+    config,
+    frames=2,
+    image_size=(24, 24),
+    audio_samples=128,
+    latents=4,
+    channels=16,
+    self_attends=1,
+    heads=2,
+    image_bands=2,
+    audio_bands=4,
   )
-  for section in ('decoder', 'image_decoder', 'audio_decoder'):
-    m[section].output_num_channels = 16
-  for section in ('image_preprocessor', 'image_decoder'):
-    m[section].fourier_position_encoding_kwargs.num_bands = 2
-  for section in ('audio_preprocessor', 'audio_decoder'):
-    m[section].fourier_position_encoding_kwargs.num_bands = 4
-  m.label_decoder.trainable_position_encoding_kwargs.num_channels = 16
   d = config.data
-  d.num_frames, d.image_size, d.audio_samples = 2, (24, 24), 128
   d.train_image_points, d.train_audio_samples = 32, 32
   d.num_eval_examples = 6
-  d.audio_rate = d.fps * d.audio_samples // d.num_frames
   config.eval.num_decode_chunks = 2
   config.batch_size, config.eval_batch_size = 4, 4
   config.num_train_steps, config.log_every_steps = 4, 2

@@ -1,14 +1,13 @@
 """Tests for experiments.multimodal_autoencoding: model, loss, eval, a run."""
 
-import dataclasses
 import json
 import os
 import pathlib
-import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import preemption
 from absl.testing import absltest
 
 import safe_pickle_test
@@ -259,18 +258,11 @@ class EndToEndTest(absltest.TestCase):
     full = trainer.train_and_evaluate(
       config, full_dir, train.build_task(config)
     )
-    task = train.build_task(config)
-    inner = task.train_batches
-
-    def preempt_after_2(start_step):
-      for i, batch in enumerate(inner(start_step)):
-        if start_step + i == 1:
-          os.kill(os.getpid(), signal.SIGTERM)
-        yield batch
-
     part_dir = self.create_tempdir().full_path
     part = trainer.train_and_evaluate(
-      config, part_dir, dataclasses.replace(task, train_batches=preempt_after_2)
+      config,
+      part_dir,
+      preemption.sigterm_at_step(train.build_task(config), 2),
     )
     self.assertTrue(part['preempted'])
     self.assertEqual(part['step'], 2)
