@@ -81,6 +81,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_harmonics=4,
       widening_factor=2,
       dropout_prob=0.0,
+      # Queries carry the observations whole days/weeks/years before them.
+      seasonal_lags=True,
       runtime=runtime_lib.config(),
     )
   )

@@ -12,6 +12,17 @@ observation changes the forecast only through its own token. The latents
 `BasicDecoder` from queries built the same way from the requested times and
 channels, without a value: any times, one or many horizons, in one pass.
 
+Seasonal lags (`seasonal_lags=True`): for each named period (a day, a week,
+a year) a query also carries the observations found one or more whole
+periods before its time: the most recent one, the mean of all of them, and
+whether there is any. They are looked up here, among the unmasked input
+tokens only (within half a step of t - k * period, k >= 1), so a masked or
+absent observation is never read, and a query between the steps of the
+grid gets whatever lies a period before it. The lags enter the query
+embedding and, through a linear layer, the outputs directly: the model
+learns a correction of the seasonal profile rather than rebuilding it from
+the latents.
+
 The decoder's outputs are made monotone in the quantile level: the median
 is one output, and the others are reached from it by adding (above) or
 subtracting (below) cumulative softplus steps, so the quantiles are ordered
@@ -33,6 +44,7 @@ from perceiver_io import runtime as runtime_lib
 
 INPUT_KEYS = ('x_time', 'x_value', 'x_phase', 'x_channel', 'x_mask')
 QUERY_KEYS = ('q_time', 'q_phase', 'q_channel', 'q_mask')
+LAG_KEYS = ('period', 'half_step')
 
 
 def time_features(time, num_bands, max_resolution):
@@ -51,6 +63,47 @@ def phase_features(phase, num_harmonics):
   angle = 2 * jnp.pi * phase[..., None] * k  # [B, T, P, K]
   features = jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], -1)
   return jnp.reshape(features, phase.shape[:2] + (-1,))
+
+
+def seasonal_lags(inputs, queries):
+  """The observations whole periods before each query.
+
+  Args:
+    inputs: 'x_time', 'x_value', 'x_mask': [B, M].
+    queries: 'q_time': [B, H]; 'period': [B, P] in time units (0: none);
+      'half_step': [B].
+
+  Returns:
+    [B, H, 3 P]: for each period, the value of the most recent unmasked
+    observation within half a step of q - k * period (k >= 1), the mean of
+    all of them, and 1 if there is any (the first two are 0 if not).
+  """
+  x_time, x_value = inputs['x_time'], inputs['x_value']
+  mask = inputs['x_mask'] > 0
+  period = queries['period'][:, None, None, :]  # [B, 1, 1, P]
+  half = queries['half_step'][:, None, None, None]
+  lag = queries['q_time'][:, :, None] - x_time[:, None, :]  # [B, H, M]
+  lag = lag[..., None]
+  safe = jnp.where(period > 0, period, 1.0)
+  cycles = jnp.round(lag / safe)
+  hit = (
+    (jnp.abs(lag - cycles * safe) <= half)
+    & (cycles >= 1)
+    & (period > 0)
+    & mask[:, None, :, None]
+  )  # [B, H, M, P]
+  count = jnp.sum(hit, axis=2)  # [B, H, P]
+  value = x_value[:, None, :, None]
+  mean = jnp.sum(jnp.where(hit, value, 0.0), 2) / jnp.maximum(count, 1)
+  recent = jnp.argmax(jnp.where(hit, x_time[:, None, :, None], -jnp.inf), 2)
+  last = jnp.take_along_axis(
+    jnp.broadcast_to(value, hit.shape), recent[:, :, None, :], axis=2
+  )[:, :, 0]
+  present = count > 0
+  last = jnp.where(present, last, 0.0)
+  features = jnp.stack([last, mean, present.astype(last.dtype)], -1)
+  features = jax.lax.stop_gradient(features)  # [B, H, P, 3]
+  return jnp.reshape(features, features.shape[:2] + (-1,))
 
 
 def ordered_quantiles(raw, median_index):
@@ -84,6 +137,7 @@ class Forecaster(hk.Module):
     num_harmonics: int = 4,
     widening_factor: int = 2,
     dropout_prob: float = 0.0,
+    seasonal_lags: bool = False,
     runtime: runtime_lib.Runtime = runtime_lib.DEFAULT,
     name: str = 'forecaster',
   ):
@@ -122,14 +176,17 @@ class Forecaster(hk.Module):
       dropout_prob=dropout_prob,
     )
     self._num_decoder_heads = num_decoder_heads
+    self._seasonal_lags = seasonal_lags
 
-  def _embed(self, time, phase, channel, value, name):
+  def _embed(self, time, phase, channel, value, name, extra=None):
     features = [
       time_features(time, self._num_time_bands, self._max_resolution),
       phase_features(phase, self._num_harmonics),
     ]
     if value is not None:
       features.append(value[..., None])
+    if extra is not None:
+      features.append(extra)
     x = hk.Linear(self._latent_channels, name=f'{name}_projection')(
       jnp.concatenate(features, -1)
     )  # [B, T, D]
@@ -145,7 +202,8 @@ class Forecaster(hk.Module):
       inputs: {'x_time': [B, M], 'x_value': [B, M], 'x_phase': [B, M, P],
         'x_channel': int[B, M], 'x_mask': [B, M]} (windows.py).
       queries: {'q_time': [B, H], 'q_phase': [B, H, P], 'q_channel':
-        int[B, H], 'q_mask': [B, H]}.
+        int[B, H], 'q_mask': [B, H]}, with seasonal lags also {'period':
+        [B, P], 'half_step': [B]}.
       is_training: enables dropout.
 
     Returns:
@@ -154,9 +212,10 @@ class Forecaster(hk.Module):
     for key in INPUT_KEYS:
       if key not in inputs:
         raise ValueError(f'Forecaster inputs lack {key!r}; need {INPUT_KEYS}.')
-    for key in QUERY_KEYS:
+    query_keys = QUERY_KEYS + (LAG_KEYS if self._seasonal_lags else ())
+    for key in query_keys:
       if key not in queries:
-        raise ValueError(f'Forecaster queries lack {key!r}; need {QUERY_KEYS}.')
+        raise ValueError(f'Forecaster queries lack {key!r}; need {query_keys}.')
     b, m = inputs['x_time'].shape
     if inputs['x_phase'].shape[:2] != (b, m) or inputs['x_value'].shape != (
       b,
@@ -179,8 +238,22 @@ class Forecaster(hk.Module):
       inputs['x_value'],
       'input',
     )  # [B, M, D]
+    if self._seasonal_lags:
+      if queries['period'].shape != (b, inputs['x_phase'].shape[-1]):
+        raise ValueError(
+          f'period must be [B, P] = {(b, inputs["x_phase"].shape[-1])}; got '
+          f'{queries["period"].shape}.'
+        )
+      lags = seasonal_lags(inputs, queries)  # [B, H, 3 P]
+    else:
+      lags = None
     q = self._embed(
-      queries['q_time'], queries['q_phase'], queries['q_channel'], None, 'query'
+      queries['q_time'],
+      queries['q_phase'],
+      queries['q_channel'],
+      None,
+      'query',
+      extra=lags,
     )  # [B, H, D]
     encoder = encoder_lib.PerceiverEncoder(
       runtime=self._runtime, **self._encoder_kwargs
@@ -199,6 +272,8 @@ class Forecaster(hk.Module):
       runtime=self._runtime,
     )
     raw = decoder(q, z, is_training=is_training)  # [B, H, Q]
+    if lags is not None:
+      raw += hk.Linear(self._num_quantiles, name='lag_output')(lags)
     return ordered_quantiles(raw, self._median)
 
 
@@ -230,7 +305,7 @@ class Model:
           f'Forecaster inputs lack {key!r}; need {INPUT_KEYS + QUERY_KEYS}.'
         )
     inputs = {k: batch[k] for k in INPUT_KEYS}
-    queries = {k: batch[k] for k in QUERY_KEYS}
+    queries = {k: batch[k] for k in QUERY_KEYS + LAG_KEYS if k in batch}
     return inputs, queries
 
   def init(self, rng, *, is_training=False, **batch):

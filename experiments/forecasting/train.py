@@ -48,6 +48,7 @@ MODEL_KEYS = (
   'num_harmonics',
   'widening_factor',
   'dropout_prob',
+  'seasonal_lags',
 )
 SERIES_KEYS = (
   'context',

@@ -13,6 +13,9 @@ including between the steps of the grid:
          the forecast times at 0 and after.
   phase  frac(t / period) for each named period of PERIOD_DAYS (the time of
          day, of the week, of the year), the same for every series.
+  period each named period in time units (0 for a phase the series does
+         not carry) and half a step in time units: the model looks up the
+         observations one or more periods before a query (model.py).
 
 Values are scaled per window: loc and scale are the mean and standard
 deviation of the observed history (scale at least SCALE_FLOOR * |loc|, and
@@ -23,6 +26,7 @@ Arrays of a batch (numpy):
   x_channel: int32[B, M]; x_mask: int32[B, M] (1 observed, 0 absent);
   q_time: float32[B, H]; q_phase: float32[B, H, P]; q_channel: int32[B, H];
   q_mask: int32[B, H] (1 for a query whose target is known);
+  period: float32[B, P]; half_step: float32[B];
   y: float32[B, H] scaled targets (0 where unknown);
   loc, scale: float32[B].
 """
@@ -135,6 +139,14 @@ def window(
     'q_channel': np.full(max_horizon, channel, np.int32),
     'q_mask': np.zeros(max_horizon, np.int32),
     'y': np.zeros(max_horizon, np.float32),
+    'period': np.array(
+      [
+        PERIOD_DAYS[p] / unit if used_phases is None or p in used_phases else 0
+        for p in phases
+      ],
+      np.float32,
+    ),
+    'half_step': np.float32(0.5 * step / unit),
     'loc': np.float32(loc),
     'scale': np.float32(scale),
   }

@@ -20,6 +20,10 @@ def _batch(rng, b=2, m=10, h=5, p=2):
     'q_phase': rng.random((b, h, p)).astype(np.float32),
     'q_channel': rng.integers(0, 3, (b, h)).astype(np.int32),
     'q_mask': np.ones((b, h), np.int32),
+    'period': np.tile(
+      np.array([0.3, 0.0][:p] + [0.45] * (p - 2), np.float32), (b, 1)
+    ),
+    'half_step': np.full(b, 0.05, np.float32),
   }
 
 
@@ -33,6 +37,7 @@ def _model(**overrides):
     num_heads=2,
     num_time_bands=3,
     num_harmonics=2,
+    seasonal_lags=True,
   )
   kwargs.update(overrides)
   return model_lib.Model(tuple(sorted(kwargs.items())))
@@ -86,6 +91,35 @@ class ForecasterTest(absltest.TestCase):
     self.assertGreater(
       np.abs(self.apply(self.batch) - self.apply(removed)).max(), 1e-4
     )
+
+  def test_seasonal_lags_read_unmasked_observations_whole_periods_back(self):
+    # Steps of 0.1; period 0.4 (four steps). Query at 0.05, between steps:
+    # k * 0.4 back are -0.35 and -0.75, hitting the tokens at -0.4 and -0.8
+    # (within half a step, 0.05).
+    x_time = np.arange(-1.0, 0.0, 0.1, dtype=np.float32)[None]  # 10 tokens
+    x_value = np.arange(10, dtype=np.float32)[None]
+    inputs = {'x_time': x_time, 'x_value': x_value, 'x_mask': np.ones((1, 10))}
+    queries = {
+      'q_time': np.array([[0.0, 0.04, 0.2]], np.float32),
+      'period': np.array([[0.4, 0.0]], np.float32),
+      'half_step': np.array([0.05], np.float32),
+    }
+    lags = np.asarray(model_lib.seasonal_lags(inputs, queries))
+    self.assertEqual(lags.shape, (1, 3, 6))
+    # q = 0: -0.4 (index 6) and -0.8 (index 2).
+    np.testing.assert_allclose(lags[0, 0], [6, 4, 1, 0, 0, 0], atol=1e-6)
+    # q = 0.04, between steps: still -0.4 and -0.8 (0.04 off, within 0.05).
+    np.testing.assert_allclose(lags[0, 1], [6, 4, 1, 0, 0, 0], atol=1e-6)
+    # q = 0.2: -0.2 (index 8), -0.6 (index 4), -1.0 (index 0).
+    np.testing.assert_allclose(lags[0, 2], [8, 4, 1, 0, 0, 0], atol=1e-6)
+    # Masking the most recent one falls back to the next period back.
+    inputs['x_mask'] = np.ones((1, 10))
+    inputs['x_mask'][0, 6] = 0
+    lags = np.asarray(model_lib.seasonal_lags(inputs, queries))
+    np.testing.assert_allclose(lags[0, 0, :3], [2, 2, 1], atol=1e-6)
+    inputs['x_mask'][0, 2] = 0
+    lags = np.asarray(model_lib.seasonal_lags(inputs, queries))
+    np.testing.assert_allclose(lags[0, 0, :3], [0, 0, 0], atol=1e-6)
 
   def test_queries_at_any_times_are_answered_independently(self):
     # Between and beyond the steps, in any order: each query's forecast is
