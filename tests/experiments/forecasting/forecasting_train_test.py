@@ -1,6 +1,7 @@
 """experiments.forecasting: training, resume, eval keys, report, CSV command."""
 
 import os
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -46,7 +47,9 @@ class TrainTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.root = absltest.get_default_test_tmpdir()
+    # A fresh folder: a run left by an earlier session must not resume.
+    os.makedirs(absltest.get_default_test_tmpdir(), exist_ok=True)
+    cls.root = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
     cls.cache = os.path.join(cls.root, 'baselines')
     cls.workdir = os.path.join(cls.root, 'forecasting_run')
     cls.config = tiny_config(cls.cache)
