@@ -299,12 +299,8 @@ class Model:
 
   @staticmethod
   def _split(batch):
-    for key in INPUT_KEYS + QUERY_KEYS:
-      if key not in batch:
-        raise ValueError(
-          f'Forecaster inputs lack {key!r}; need {INPUT_KEYS + QUERY_KEYS}.'
-        )
-    inputs = {k: batch[k] for k in INPUT_KEYS}
+    # Missing keys are named by `Forecaster.__call__`.
+    inputs = {k: batch[k] for k in INPUT_KEYS if k in batch}
     queries = {k: batch[k] for k in QUERY_KEYS + LAG_KEYS if k in batch}
     return inputs, queries
 
