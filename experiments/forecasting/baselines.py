@@ -15,8 +15,10 @@ a central prediction interval. Its median is the point forecast.
   autoarima       AutoARIMA with the shortest season.
   mstl            MSTL with every season (trend by AutoETS).
 
-Results are cached in `cache_dir` under a hash of the series, the spec, the
-method and the library version, since the slow ones take minutes.
+Results are cached in `cache_dir` under a hash of what they depend on (the
+history, the origins, the horizon and seasons, the method, the interval and
+the library version; not the context, which baselines do not read), since
+the slow ones take minutes.
 """
 
 import hashlib
@@ -59,11 +61,15 @@ def check_methods(methods) -> tuple[str, ...]:
   return methods
 
 
-def _key(values, spec, method, interval):
+def _key(values, origins, spec, method, interval):
+  """What a method's forecasts depend on: the history, the origins, the
+  horizon and seasons, the method, the interval and the library version."""
   import statsforecast
 
   digest = hashlib.sha256(np.asarray(values, np.float64).tobytes())
-  digest.update(repr((spec, method, interval)).encode())
+  digest.update(np.asarray(origins, np.int64).tobytes())
+  what = (spec.horizon, spec.season_lengths, method, interval)
+  digest.update(repr(what).encode())
   digest.update(statsforecast.__version__.encode())
   return digest.hexdigest()[:24]
 
@@ -94,7 +100,7 @@ def forecast(
 
   path = None
   if cache_dir:
-    key = _key(values, spec, method, interval) + f'-{len(origins)}'
+    key = _key(values, origins, spec, method, interval)
     path = os.path.join(cache_dir, f'{method}-{key}.npz')
     if os.path.exists(path):
       with np.load(path) as cached:

@@ -7,7 +7,10 @@ weeks, months), with NaN where an observation is missing. Its last
 `test_length` steps are held out: forecasts are made from rolling origins in
 that part (every `origin_stride` steps), each from the `context` steps before
 the origin, for the `horizon` steps after it. Nothing at or after an origin is
-an input of its forecast. Training windows end before the first origin.
+an input of its forecast. The `calibration_length` steps before the held-out
+part are held out of training too: forecasts from origins there (targets
+before the held-out part) calibrate the width of our interval
+(train.py). Training windows end before both.
 
 The bundled series (no download):
   electricity  pmdarima `load_taylor`: half-hourly electricity demand of
@@ -102,6 +105,8 @@ class Spec:
     season_lengths: the series' seasonal periods in steps, shortest first.
       The classical baselines use them (MSTL all, ETS/Theta/ARIMA the
       first); the seasonal naive baseline and the MASE scale use the last.
+    calibration_length: steps before the held-out part kept out of
+      training, whose forecasts calibrate our interval (0: none).
   """
 
   context: int
@@ -109,6 +114,7 @@ class Spec:
   test_length: int
   origin_stride: int
   season_lengths: tuple[int, ...]
+  calibration_length: int = 0
 
   @property
   def season_length(self) -> int:
@@ -123,6 +129,7 @@ class Spec:
       test_length=int(section.test_length),
       origin_stride=int(section.origin_stride),
       season_lengths=tuple(int(m) for m in section.season_lengths),
+      calibration_length=int(section.get('calibration_length', 0)),
     )
 
 
@@ -139,12 +146,22 @@ def check(series: Series, spec: Spec) -> None:
       f'{series.name}: horizon={spec.horizon} exceeds '
       f'test_length={spec.test_length}: no origin fits.'
     )
-  needed = spec.context + spec.horizon + spec.test_length
+  if spec.calibration_length < 0 or 0 < spec.calibration_length < (
+    spec.horizon
+  ):
+    raise ValueError(
+      f'{series.name}: calibration_length={spec.calibration_length} must be '
+      f'0 or at least horizon={spec.horizon}.'
+    )
+  needed = (
+    spec.context + spec.horizon + spec.test_length + spec.calibration_length
+  )
   if length < needed:
     raise ValueError(
       f'{series.name}: {length} steps, but context ({spec.context}) + '
-      f'horizon ({spec.horizon}) + test_length ({spec.test_length}) = '
-      f'{needed} are needed to train on at least one window.'
+      f'horizon ({spec.horizon}) + test_length ({spec.test_length}) + '
+      f'calibration_length ({spec.calibration_length}) = {needed} are '
+      'needed to train on at least one window.'
     )
   if not spec.season_lengths or any(
     not 1 <= m < (length - spec.test_length) // 2 for m in spec.season_lengths
@@ -156,15 +173,31 @@ def check(series: Series, spec: Spec) -> None:
     )
 
 
-def train_end(series: Series, spec: Spec) -> int:
+def test_start(series: Series, spec: Spec) -> int:
   """The first held-out step (= the first origin)."""
   return len(series.values) - spec.test_length
+
+
+def train_end(series: Series, spec: Spec) -> int:
+  """Training targets lie before this step (the calibration part's start)."""
+  return test_start(series, spec) - spec.calibration_length
 
 
 def origins(series: Series, spec: Spec) -> np.ndarray:
   """int[E]: the rolling origins; forecast i covers [o_i, o_i + H)."""
   last = len(series.values) - spec.horizon
-  return np.arange(train_end(series, spec), last + 1, spec.origin_stride)
+  return np.arange(test_start(series, spec), last + 1, spec.origin_stride)
+
+
+def calibration_origins(series: Series, spec: Spec) -> np.ndarray:
+  """int[C]: origins in the calibration part, their targets before the test.
+
+  Empty when `calibration_length` is 0.
+  """
+  end = test_start(series, spec)
+  return np.arange(
+    end - spec.calibration_length, end - spec.horizon + 1, spec.origin_stride
+  )
 
 
 def mase_scale(series: Series, spec: Spec) -> float:
@@ -173,7 +206,7 @@ def mase_scale(series: Series, spec: Spec) -> float:
   Pairs with a missing value are skipped. One scale per series for every
   method and origin, so MASE ratios are MAE ratios.
   """
-  y = series.values[: train_end(series, spec)]
+  y = series.values[: test_start(series, spec)]
   m = spec.season_length
   diff = np.abs(y[m:] - y[:-m])
   diff = diff[np.isfinite(diff)]

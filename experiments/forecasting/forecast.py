@@ -15,14 +15,27 @@ forecast on its own with the generic channel of the run and the phases its
 step suggests (`--phases`) (what the model
 learnt for a series it has not seen, see config.data.channel_dropout).
 
+The interval is calibrated on the column's own history, which the model
+has not been trained on: the last `--calibration_origins` forecasts of
+`horizon` observations each (origins `horizon` observations apart, each
+from the observations before it) give the smallest factor by which the
+interval, widened about the median, covers its nominal share
+(metrics.calibrate, as in training's evaluation). It is printed with the
+raw interval's coverage there; 0 origins (or too short a history) keeps the
+raw interval.
+
 Writes `--out`: one row per forecast time with `<column>_median`,
 `<column>_low` and `<column>_high` (the run's lowest and highest quantile,
-by default the 80% interval), and `--plot`: a PNG per column of the
-history, the median and the interval.
+by default the 80% interval, calibrated), and `--plot`: a PNG per column of
+the history, the median and the interval.
 """
 
+import functools
+
+import jax
 import numpy as np
 
+from experiments.forecasting import metrics as metrics_lib
 from experiments.forecasting import windows
 
 MIN_HISTORY = 8
@@ -113,8 +126,18 @@ def default_phases(days, phases):
   return tuple(p for p in phases if p in wanted)
 
 
-def forecast_series(run, values, days, query_days, context, used_phases=None):
+@functools.lru_cache(maxsize=4)
+def _apply(model):
+  return jax.jit(functools.partial(model.apply, is_training=False))
+
+
+def forecast_series(
+  run, values, days, query_days, context, used_phases=None, max_context=0
+):
   """{'low', 'median', 'high'}: float64[H] for one column.
+
+  The window is padded to `max_context` tokens (default: the history's
+  length), so that forecasts of one shape share one compiled program.
 
   Raises:
     ValueError: too short a history.
@@ -135,17 +158,74 @@ def forecast_series(run, values, days, query_days, context, used_phases=None):
     query_days,
     channel=0,
     phases=tuple(config.data.phases),
-    max_context=len(values),
+    max_context=max(max_context, len(values)),
     max_horizon=len(query_days),
     used_phases=used_phases,
   )
   batch = {k: v[None] for k, v in w.items()}
-  pred, _ = run.model.apply(
-    run.params, run.state, None, is_training=False, **batch
-  )
+  pred, _ = _apply(run.model)(run.params, run.state, None, **batch)
   pred = float(w['loc']) + float(w['scale']) * np.asarray(pred[0], np.float64)
   median = list(config.model.quantiles).index(0.5)
   return {'low': pred[:, 0], 'median': pred[:, median], 'high': pred[:, -1]}
+
+
+def calibration(run, values, days, horizon, context, used_phases, origins):
+  """The interval's widening factor from the history's own last forecasts.
+
+  Args:
+    run: the trained run.
+    values, days: float64[L] the history (NaN: missing) and its times.
+    horizon: observations forecast from each origin.
+    context: observations of history read.
+    used_phases: the phases the series carries.
+    origins: at most this many origins, `horizon` observations apart and
+      ending at the last observation; each needs MIN_HISTORY before it.
+
+  Returns:
+    (factor, raw coverage, points): the factor of metrics.FACTORS, the
+    coverage of the uncalibrated interval, and the number of points scored
+    (1.0, NaN, 0 without an origin).
+  """
+  observed = np.isfinite(values)
+  values, days = values[observed], days[observed]
+  tokens = min(context, len(values))  # The final forecast's window size.
+  q = [float(x) for x in run.config.model.quantiles]
+  factors = np.asarray(metrics_lib.FACTORS)[:, None]
+  covered = np.zeros(len(factors))
+  points = raw = 0
+  for j in range(1, origins + 1):
+    origin = len(values) - j * horizon
+    if origin < MIN_HISTORY:
+      break
+    truth = values[origin : origin + horizon]
+    f = forecast_series(
+      run,
+      values[:origin],
+      days[:origin],
+      days[origin : origin + horizon],
+      context,
+      used_phases,
+      max_context=tokens,
+    )
+    low = f['median'] - factors * (f['median'] - f['low'])
+    high = f['median'] + factors * (f['high'] - f['median'])
+    covered += np.sum((low <= truth) & (truth <= high), axis=1)
+    raw += int(np.sum((f['low'] <= truth) & (truth <= f['high'])))
+    points += len(truth)
+  if not points:
+    return 1.0, float('nan'), 0
+  index = metrics_lib.calibrate(covered, points, q[-1] - q[0])
+  return metrics_lib.FACTORS[index], raw / points, points
+
+
+def widen(forecast, factor):
+  """The forecast with its interval widened by `factor` about the median."""
+  median = forecast['median']
+  return {
+    'median': median,
+    'low': median - factor * (median - forecast['low']),
+    'high': median + factor * (forecast['high'] - median),
+  }
 
 
 def plot(path, times, values, future, forecasts, context):
@@ -203,10 +283,25 @@ def main(argv):
   unknown = sorted(set(used) - set(phases))
   if unknown:
     raise ValueError(f'--phases names {unknown[0]!r}; the run knows {phases}.')
-  forecasts = {
-    c: forecast_series(run, values[c], days, query_days, context, used)
-    for c in columns
-  }
+  if f.calibration_origins < 0:
+    raise ValueError(
+      f'--calibration_origins={f.calibration_origins} must be >= 0.'
+    )
+  forecasts = {}
+  for c in columns:
+    factor, raw, points = calibration(
+      run, values[c], days, f.horizon, context, used, f.calibration_origins
+    )
+    if points:
+      print(
+        f'{c}: interval x {factor:.2f}, calibrated on {points} points of '
+        f'its own history (raw coverage there {raw:.3f}).'
+      )
+    else:
+      print(f'{c}: interval not calibrated (no backtest origin).')
+    forecasts[c] = widen(
+      forecast_series(run, values[c], days, query_days, context, used), factor
+    )
   table = {f.time_column: future}
   for c in columns:
     for key in ('median', 'low', 'high'):
@@ -239,6 +334,12 @@ if __name__ == '__main__':
     '',
     'Comma-separated phases (day, week, year) the series carries; default: '
     'day,week below a daily step, week,year below four weeks, else year.',
+  )
+  flags.DEFINE_integer(
+    'calibration_origins',
+    8,
+    'Backtest forecasts of the history that calibrate the interval (0: the '
+    'raw interval).',
   )
   flags.DEFINE_string('out', 'forecast.csv', 'The forecast CSV written.')
   flags.DEFINE_string('plot', 'forecast.png', "The PNG written ('' : none).")

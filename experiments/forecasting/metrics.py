@@ -13,11 +13,19 @@ For every method (ours and each baseline) on the same held-out points:
   coverage  the share of points inside [lowest, highest] quantile (the 80%
             interval by default).
 
+`calibrate` picks the factor by which an interval, widened or narrowed about
+its median, covers its nominal share of points it was not trained on (split
+conformal; used by the eval and by the CSV command).
+
 The functions take `xp` (numpy or jax.numpy), so one definition serves the
 jitted eval and the baselines on the host.
 """
 
+import numpy as np
+
 NAMES = ('mase', 'smape', 'pinball', 'coverage')
+# The factors an interval may be widened by about its median (calibrate).
+FACTORS = tuple(round(0.5 + 0.05 * i, 2) for i in range(71))  # 0.5 ... 4.0
 
 
 def sums(xp, low, median, high, y, mask, scale, levels):
@@ -60,3 +68,24 @@ def finalize(totals):
   return {
     k: (float(totals[k]) / points if points else float('nan')) for k in NAMES
   }
+
+
+def calibrate(covered, points: float, interval: float) -> int:
+  """The index in FACTORS of the calibrated widening factor.
+
+  Args:
+    covered: float[C] the calibration points inside the interval widened by
+      each factor.
+    points: n, the calibration points.
+    interval: the nominal coverage, e.g. 0.8.
+
+  Returns:
+    The smallest factor whose coverage is at least min(1, interval *
+    (1 + 1 / n)) (split conformal), the largest if none is; 1.0's index
+    without calibration points.
+  """
+  if not points:
+    return FACTORS.index(1.0)
+  target = min(1.0, interval * (1.0 + 1.0 / points))
+  reached = np.flatnonzero(np.asarray(covered) / points >= target - 1e-9)
+  return int(reached[0]) if len(reached) else len(FACTORS) - 1

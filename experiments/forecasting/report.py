@@ -4,8 +4,9 @@ r"""The tables of a forecasting run: ours beside every baseline, per series.
 
 reads the newest evaluation in `<workdir>/metrics.jsonl` and prints, for
 each series, one Markdown table of MASE, sMAPE, scaled pinball loss and the
-80% interval's coverage (ours and each baseline, same origins and points),
-then one table of how much each method's MASE degrades when half of the
+80% interval's coverage (ours and each baseline, same origins and points;
+for ours also the coverage and pinball loss of the interval calibrated on
+the calibration part, and its widening factor c), then one table of how much each method's MASE degrades when half of the
 history is dropped (the classical methods after linear interpolation).
 """
 
@@ -56,12 +57,14 @@ def tables(record) -> str:
   names, methods = _series_and_methods(record)
   lines = [f'Step {record.get("step")}.', '']
   for name in names:
-    lines += [
-      f'### {name}',
-      '',
-      '| method | MASE | sMAPE % | pinball | 80% coverage |',
-      '|---|---|---|---|---|',
-    ]
+    # The calibrated columns only where the series has a calibration part.
+    calibrated = not math.isnan(
+      record.get(f'eval/{name}_calibration_coverage', math.nan)
+    )
+    header = '| method | MASE | sMAPE % | pinball | 80% coverage |'
+    if calibrated:
+      header += ' calibrated: coverage | pinball | c |'
+    lines += [f'### {name}', '', header, '|---' * (header.count('|') - 1) + '|']
     for method in [OURS] + [
       m for m in methods if f'eval/{name}_mase_{m}' in record
     ]:
@@ -73,6 +76,13 @@ def tables(record) -> str:
         )
         for metric in metrics_lib.NAMES
       ]
+      for key in (
+        ('coverage_calibrated', 'pinball_calibrated', 'interval_scale')
+        if calibrated
+        else ()
+      ):
+        value = record.get(f'eval/{name}_{key}') if method == OURS else None
+        row.append(_fmt(value, 2 if key == 'interval_scale' else 3))
       lines.append(f'| {method} | ' + ' | '.join(row) + ' |')
     lines.append('')
   lines += [

@@ -1,7 +1,8 @@
 """Forecasting as a `trainer.Task`: windows, pinball loss, rolling-origin eval.
 
-Shape letters: B windows, H horizon, Q quantiles, G = 2 * S groups (S
-series; the full and the thinned history of each).
+Shape letters: B windows, H horizon, Q quantiles, G = 4 * S groups (S
+series; the full and the thinned history of each, at the held-out origins
+and at the calibration origins), C interval widening factors.
 
 One model is trained across every series of `config.data.datasets` on
 windows that end before each series' held-out part (windows.py), with the
@@ -9,15 +10,27 @@ pinball loss of its quantiles on the scaled targets. Evaluation forecasts
 every rolling origin of every series twice, from the full history and from
 one with `eval_thin_rate` of its observations dropped, and scores the
 unscaled median and interval with metrics.py beside the classical
-baselines of baselines.py on exactly the same points. Keys, per series s:
+baselines of baselines.py on exactly the same points.
+
+Interval calibration (split conformal): the series' `calibration_length`
+steps before the held-out part are not trained on. Our interval is widened
+(or narrowed) about the median by the smallest factor c of FACTORS whose
+interval covers at least the nominal share (times 1 + 1/n, n points) of the
+calibration origins' targets, and the held-out points are scored with it
+too. The raw interval's figures stay beside the calibrated ones. Keys, per
+series s:
 
   eval/s_mase, eval/s_smape, eval/s_pinball, eval/s_coverage   ours
+  eval/s_coverage_calibrated, eval/s_pinball_calibrated        ours, c
+  eval/s_interval_scale, eval/s_calibration_coverage           c; raw there
   eval/s_mase_<baseline>, ...                                   baselines
   eval/s_thinned_mase, eval/s_thinned_mase_<baseline>, ...     thinned
   eval/s_mase_vs_seasonal_naive                                 ours / SN
 """
 
+import multiprocessing
 import os
+import time
 from typing import Any
 
 import jax
@@ -58,7 +71,10 @@ SERIES_KEYS = (
   'season_lengths',
   'phases',
   'baselines',
+  'calibration_length',
+  'weight',
 )
+FACTORS = metrics_lib.FACTORS
 
 
 def num_channels(config) -> int:
@@ -134,14 +150,16 @@ def _levels(config):
 def train_batches(config, specs, start_step, process_index, process_count):
   """Endless batches of training windows for steps start_step, ...
 
-  Row r of step s comes from series r % S (so each batch mixes them
-  evenly), at an origin drawn from (seed, s, r) alone: training resumes at
-  any step without replaying data.
+  Row r of step s comes from a series drawn in proportion to its `weight`
+  (default 1), at an origin drawn uniformly among its training origins,
+  both from (seed, s, r) alone: training resumes at any step without
+  replaying data.
   """
   data = config.data
   phases = windows.check_phases(data.phases)
   max_context, max_horizon = _sizes(specs)
   names = list(specs)
+  weights = series_weights(config, names)
   days = {n: np.asarray(data_lib.days(specs[n][0])) for n in names}
   rows = parallel.process_slice(config.batch_size, process_index, process_count)
   step = start_step
@@ -149,7 +167,7 @@ def train_batches(config, specs, start_step, process_index, process_count):
     out = []
     for row in range(rows.start, rows.stop):
       rng = np.random.default_rng((config.seed, step, row))
-      name = names[row % len(names)]
+      name = names[rng.choice(len(names), p=weights)]
       series, spec = specs[name]
       end = data_lib.train_end(series, spec)
       low = max(1, spec.context // 4)
@@ -186,6 +204,20 @@ def train_batches(config, specs, start_step, process_index, process_count):
     step += 1
 
 
+def series_weights(config, names) -> np.ndarray:
+  """float64[S] the training share of each series (`weight`, default 1)."""
+  weights = np.array(
+    [float(config.data.series[n].get('weight', 1.0)) for n in names]
+  )
+  bad = [n for n, w in zip(names, weights, strict=True) if not w >= 0]
+  if bad or not weights.sum() > 0:
+    raise ValueError(
+      f'config.data.series.<name>.weight must be >= 0 and not all 0; got '
+      f'{dict(zip(names, weights.tolist(), strict=True))}.'
+    )
+  return weights / weights.sum()
+
+
 def make_loss_fn(model, levels_all):
   def loss_fn(params, state, batch, rng, is_training):
     pred, state = model.apply(
@@ -208,17 +240,23 @@ def make_loss_fn(model, levels_all):
 
 
 def eval_set(config, specs) -> dict[str, np.ndarray]:
-  """Every origin of every series, full and thinned: windows + group ids."""
+  """Every held-out and calibration origin of every series, full and
+  thinned: windows + group ids (variant * S + series; variants 0/1 the
+  held-out origins full/thinned, 2/3 the calibration origins)."""
   data = config.data
   phases = windows.check_phases(data.phases)
   max_context, max_horizon = _sizes(specs)
   out = []
   for index, (name, (series, spec)) in enumerate(specs.items()):
     scale = data_lib.mase_scale(series, spec)
-    for variant, values in enumerate(
-      (series.values, thinned_values(config, index, series))
-    ):
-      for origin in data_lib.origins(series, spec):
+    histories = (series.values, thinned_values(config, index, series))
+    for variant in range(4):
+      values = histories[variant % 2]
+      if variant < 2:
+        origins = data_lib.origins(series, spec)
+      else:
+        origins = data_lib.calibration_origins(series, spec)
+      for origin in origins:
         w = windows.series_window(
           series,
           spec,
@@ -249,6 +287,7 @@ def thinned_values(config, index, series):
 def make_eval_fn(model, levels_all, num_groups):
   q = list(levels_all)
   low, mid, high = 0, q.index(0.5), len(q) - 1
+  factors = jnp.asarray(FACTORS, jnp.float32)[None, :, None]  # [1, C, 1]
 
   def eval_fn(params, state, batch):
     pred, _ = model.apply(params, state, None, is_training=False, **batch)
@@ -264,8 +303,30 @@ def make_eval_fn(model, levels_all, num_groups):
       batch['mase_scale'],
       (q[low], 0.5, q[high]),
     )
+    # The interval widened by each factor c about the median: [B, C, H].
+    b, h = mask.shape
+    c = len(FACTORS)
+    median = pred[:, None, :, mid]
+    widened = metrics_lib.sums(
+      jnp,
+      jnp.reshape(median - factors * (median - pred[:, None, :, low]), (-1, h)),
+      jnp.reshape(jnp.broadcast_to(median, (b, c, h)), (-1, h)),
+      jnp.reshape(
+        median + factors * (pred[:, None, :, high] - median), (-1, h)
+      ),
+      jnp.reshape(
+        jnp.broadcast_to(batch['y_raw'][:, None], (b, c, h)), (-1, h)
+      ),
+      jnp.reshape(jnp.broadcast_to(mask[:, None], (b, c, h)), (-1, h)),
+      jnp.repeat(batch['mase_scale'], c),
+      (q[low], 0.5, q[high]),
+    )
+    for k in ('coverage', 'pinball'):
+      per_window[f'{k}_widened'] = jnp.reshape(widened[k], (b, c))
     onehot = jax.nn.one_hot(batch['group'], num_groups) * batch['mask'][:, None]
-    out = {k: jnp.sum(v[:, None] * onehot, 0) for k, v in per_window.items()}
+    out = {
+      k: jnp.einsum('bg,b...->g...', onehot, v) for k, v in per_window.items()
+    }
     out['count'] = jnp.sum(batch['mask'])
     return out
 
@@ -310,21 +371,72 @@ def baseline_metrics(config, specs) -> dict[str, float]:
   return out
 
 
-def make_eval_finalize(config, specs):
+class BaselineJob:
+  """`baseline_metrics`, in a separate process started at once or in-line.
+
+  statsforecast's fits take minutes on the electricity series and hold the
+  GIL, so with `config.data.baselines_in_background` they run in a spawned
+  process while the model trains, and the first eval waits for what is
+  left. Otherwise they run in this process at the first eval.
+  """
+
+  def __init__(self, config, specs):
+    self._args = (config, specs)
+    self._result = None
+    self._pool = None
+    self._start = time.time()
+    if config.data.get('baselines_in_background', False):
+      self._pool = multiprocessing.get_context('spawn').Pool(1)
+      self._async = self._pool.apply_async(baseline_metrics, self._args)
+
+  def result(self) -> dict[str, float]:
+    if self._result is None:
+      if self._pool is None:
+        self._result = baseline_metrics(*self._args)
+      else:
+        if not self._async.ready():
+          logging.info('Waiting for the baselines to finish fitting.')
+        self._result = self._async.get()  # Re-raises the worker's error.
+        self._pool.close()
+        logging.info(
+          'Baselines fitted in a background process in %.1f s.',
+          time.time() - self._start,
+        )
+    return self._result
+
+
+def make_eval_finalize(config, specs, baselines: BaselineJob):
   names = list(specs)
-  cache: dict[str, Any] = {}
+  n = len(names)
+  interval = _levels(config)[2] - _levels(config)[0]
 
   def finalize(sums):
-    if 'baselines' not in cache:
-      cache['baselines'] = baseline_metrics(config, specs)
+    sums = {k: np.asarray(v) for k, v in sums.items()}
     out = {}
     for variant, suffix in enumerate(('', '_thinned')):
       for index, name in enumerate(names):
-        g = variant * len(names) + index
-        totals = {k: np.asarray(v)[g] for k, v in sums.items() if k != 'count'}
+        g = variant * n + index
+        totals = {k: sums[k][g] for k in metrics_lib.NAMES + ('points',)}
         for metric, value in metrics_lib.finalize(totals).items():
           out[f'{name}{suffix}_{metric}'] = value
-    out.update(cache['baselines'])
+        cal = (variant + 2) * n + index
+        cal_points = float(sums['points'][cal])
+        i = metrics_lib.calibrate(
+          sums['coverage_widened'][cal], cal_points, interval
+        )
+        points = float(totals['points'])
+        prefix = f'{name}{suffix}'
+        out[f'{prefix}_interval_scale'] = FACTORS[i]
+        out[f'{prefix}_calibration_coverage'] = (
+          float(sums['coverage'][cal]) / cal_points if cal_points else np.nan
+        )
+        for metric in ('coverage', 'pinball'):
+          out[f'{prefix}_{metric}_calibrated'] = (
+            float(sums[f'{metric}_widened'][g][i]) / points
+            if points
+            else np.nan
+          )
+    out.update(baselines.result())
     for name in names:
       for suffix in ('', '_thinned'):
         naive = out.get(f'{name}{suffix}_mase_seasonal_naive')
@@ -369,6 +481,6 @@ def build_task(config: ml_collections.ConfigDict) -> trainer.Task:
     ),
     loss_fn=make_loss_fn(model, levels_all),
     eval_batches=eval_batches,
-    eval_fn=make_eval_fn(model, levels_all, 2 * len(specs)),
-    eval_finalize=make_eval_finalize(config, specs),
+    eval_fn=make_eval_fn(model, levels_all, 4 * len(specs)),
+    eval_finalize=make_eval_finalize(config, specs, BaselineJob(config, specs)),
   )

@@ -1,7 +1,7 @@
 """2 processes x 4 CPU devices train like 1 process x 8 (jax.distributed).
 
 Runs experiments.multiprocess (localhost coordinator, gloo collectives) on a
-shrunken digits config for 50 steps and compares with one 8-device process:
+shrunken digits config for 12 steps and compares with one 8-device process:
 the same losses step by step, one writer of metrics, a checkpoint that resumes with 2
 processes and restores in 1, and a dead process that stops the launch with
 an error naming it.
@@ -20,7 +20,7 @@ from experiments import metrics_writer
 from experiments import multiprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-STEPS = 50
+STEPS = 12
 FLAGS = (
   '--config=configs/image_classification.py:digits',
   f'--config.num_train_steps={STEPS}',

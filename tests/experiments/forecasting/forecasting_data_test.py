@@ -34,6 +34,26 @@ class DataTest(absltest.TestCase):
     series = _series()
     np.testing.assert_array_equal(data.origins(series, SPEC), [34, 37])
     self.assertEqual(data.train_end(series, SPEC), 34)
+    self.assertEmpty(data.calibration_origins(series, SPEC))
+
+  def test_the_calibration_part_precedes_the_test_and_is_not_trained(self):
+    series = _series()
+    spec = data.Spec(8, 3, 6, 3, (4,), calibration_length=9)
+    np.testing.assert_array_equal(data.origins(series, spec), [34, 37])
+    self.assertEqual(data.test_start(series, spec), 34)
+    self.assertEqual(data.train_end(series, spec), 25)
+    # Targets [o, o + 3) of each lie in [25, 34).
+    np.testing.assert_array_equal(
+      data.calibration_origins(series, spec), [25, 28, 31]
+    )
+    # The MASE scale does not move with the calibration part.
+    self.assertEqual(
+      data.mase_scale(series, spec), data.mase_scale(series, SPEC)
+    )
+    with self.assertRaisesRegex(ValueError, 'calibration_length=2 must be'):
+      data.check(series, data.Spec(8, 3, 6, 3, (4,), calibration_length=2))
+    with self.assertRaisesRegex(ValueError, 'calibration_length \\(30\\)'):
+      data.check(series, data.Spec(8, 3, 6, 3, (4,), calibration_length=30))
 
   def test_mase_scale_is_the_in_sample_seasonal_naive_error(self):
     values = np.array([1.0, 2, 4, 8, 16, np.nan, 5, 6, 7, 9, 0, 0, 0])
@@ -132,6 +152,17 @@ class MetricsTest(absltest.TestCase):
     final = metrics.finalize({k: v[0] for k, v in out.items()})
     self.assertAlmostEqual(final['coverage'], 0.5)
     self.assertAlmostEqual(final['mase'], 0.5)
+
+  def test_calibration_picks_the_smallest_factor_reaching_the_target(self):
+    factors = np.asarray(metrics.FACTORS)
+    covered = 100 * np.minimum(1.0, 0.5 * factors)  # Coverage 0.5 c.
+    # Target 0.8 * (1 + 1/100) = 0.808: c = 1.65 is the first to reach it.
+    self.assertEqual(
+      metrics.FACTORS[metrics.calibrate(covered, 100, 0.8)], 1.65
+    )
+    self.assertEqual(metrics.FACTORS[metrics.calibrate(covered, 0, 0.8)], 1.0)
+    never = np.zeros(len(factors))
+    self.assertEqual(metrics.FACTORS[metrics.calibrate(never, 10, 0.8)], 4.0)
 
 
 class BaselinesTest(absltest.TestCase):

@@ -49,7 +49,8 @@ REGISTRY = {
   '--out=forecast.csv --plot=forecast.png': Run(
     needs=LOCAL,
     files=(('demand.csv', 'forecasting_csv'),),
-    expect=r'Wrote forecast.png',
+    expect=r'load: interval x [0-9.]+, calibrated on 384 points[\s\S]*'
+    r'Wrote forecast.png',
   ),
 }
 

@@ -1,5 +1,6 @@
 """experiments.forecasting: training, resume, eval keys, report, CSV command."""
 
+import dataclasses
 import os
 import tempfile
 
@@ -13,6 +14,7 @@ from experiments import metrics_writer
 from experiments import runs
 from experiments import trainer
 from experiments.forecasting import forecast
+from experiments.forecasting import metrics
 from experiments.forecasting import report
 from experiments.forecasting import train
 
@@ -65,9 +67,16 @@ class TrainTest(absltest.TestCase):
             key = f'eval/{name}{suffix}_{metric}{method}'
             self.assertIn(key, self.final)
             self.assertTrue(np.isfinite(self.final[key]), key)
+        for key in (
+          'coverage_calibrated',
+          'pinball_calibrated',
+          'interval_scale',
+          'calibration_coverage',
+        ):
+          self.assertTrue(np.isfinite(self.final[f'eval/{name}{suffix}_{key}']))
       self.assertIn(f'eval/{name}_mase_vs_seasonal_naive', self.final)
-    # 3 series x 2 origins x (full, thinned).
-    self.assertEqual(self.final['eval/count'], 12)
+    # 3 series x (2 held-out + 1 calibration origins) x (full, thinned).
+    self.assertEqual(self.final['eval/count'], 18)
 
   def test_batches_mix_series_and_resume_at_any_step(self):
     specs = train.series_specs(self.config)
@@ -76,13 +85,42 @@ class TrainTest(absltest.TestCase):
     resumed = next(train.train_batches(self.config, specs, 2, 0, 1))
     for key in batches[2]:
       np.testing.assert_array_equal(resumed[key], batches[2][key])
-    channels = batches[0]['x_channel'][:, -1]
+    channels = np.concatenate([b['x_channel'][:, -1] for b in batches])
     self.assertContainsSubset({1, 2, 3}, set(channels) | {0})
     # The history lies before the forecast times.
     first = batches[0]
     for row in range(len(first['x_time'])):
       seen = first['x_time'][row][first['x_mask'][row] == 1]
       self.assertLess(seen.max(), first['q_time'][row][0])
+
+  def test_series_weights_set_the_mix_and_targets_avoid_held_out_parts(self):
+    config = tiny_config(self.cache)
+    config.data.channel_dropout = 0.0
+    config.batch_size = 50
+    config.data.series.electricity.weight = 3.0
+    config.data.series.wine.weight = 0.0
+    specs = train.series_specs(config)
+    # Every value from the calibration part on is a sentinel: a training
+    # target there would be far outside the scaled range.
+    marked = {}
+    for name, (series, spec) in specs.items():
+      values = series.values.copy()
+      start = train.data_lib.test_start(series, spec) - spec.calibration_length
+      values[start:] = 1e9
+      marked[name] = (dataclasses.replace(series, values=values), spec)
+    batches = train.train_batches(config, marked, 0, 0, 1)
+    channels = np.concatenate(
+      [next(batches)['x_channel'][:, -1] for _ in range(8)]
+    )
+    counts = np.bincount(channels, minlength=4)
+    self.assertEqual(counts[3], 0)  # Wine's weight is 0.
+    self.assertBetween(counts[1] / len(channels), 0.65, 0.85)  # 3 / 4.
+    for _ in range(4):
+      batch = next(batches)
+      self.assertLess(np.abs(batch['y'] * batch['q_mask']).max(), 1e3)
+    config.data.series.co2.weight = -1.0
+    with self.assertRaisesRegex(ValueError, 'weight must be >= 0'):
+      train.series_weights(config, list(specs))
 
   def test_resume_is_exact(self):
     config = tiny_config(self.cache)
@@ -110,7 +148,7 @@ class TrainTest(absltest.TestCase):
     for name in ('electricity', 'co2', 'wine'):
       self.assertIn(f'### {name}', text)
       self.assertRegex(text, rf'\| {name} \| seasonal_naive \| [0-9.]+ \|')
-    self.assertIn('| perceiver_io |', text)
+    self.assertRegex(text, r'\| perceiver_io \|( [0-9.]+ \|){7}')
     with self.assertRaisesRegex(ValueError, 'No forecasting evaluation'):
       report.latest_eval([{'step': 1, 'loss': 0.1}])
 
@@ -135,6 +173,20 @@ class TrainTest(absltest.TestCase):
       forecast.forecast_series(
         run, values['load'][:5], days[:5], forecast.to_days(future), 24
       )
+    # Calibration on the history's own last forecasts: 3 origins x 5 points.
+    factor, raw, points = forecast.calibration(
+      run, values['load'], days, 5, 24, None, 3
+    )
+    self.assertEqual(points, 15)
+    self.assertIn(factor, metrics.FACTORS)
+    self.assertBetween(raw, 0.0, 1.0)
+    self.assertEqual(
+      forecast.calibration(run, values['load'], days, 5, 24, None, 0)[0], 1.0
+    )
+    wide = forecast.widen(out, 2.0)
+    np.testing.assert_allclose(
+      wide['high'] - wide['median'], 2 * (out['high'] - out['median'])
+    )
 
   def test_bad_csvs_are_named(self):
     folder = self.create_tempdir().full_path
