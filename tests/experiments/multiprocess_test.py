@@ -93,7 +93,7 @@ def test_only_process_0_writes(runs):
   # Two writers would append every record twice.
   steps = [r['step'] for r in metrics_writer.read_metrics(str(runs / 'two'))]
   assert len(steps) == len(set(steps)) == STEPS + 1
-  assert sorted(os.listdir(runs / 'two' / 'checkpoints')) == [
+  assert sorted(os.listdir(runs / 'two' / 'checkpoints'), key=int) == [
     str(STEPS // 2),
     str(STEPS),
   ]
