@@ -190,7 +190,7 @@ def calibration(run, values, days, horizon, context, used_phases, origins):
   values, days = values[observed], days[observed]
   tokens = min(context, len(values))  # The final forecast's window size.
   q = [float(x) for x in run.config.model.quantiles]
-  factors = np.asarray(metrics_lib.FACTORS)[:, None]
+  factors = np.asarray(metrics_lib.FACTORS)[:, None]  # [C, 1]
   covered = np.zeros(len(factors))
   points = raw = 0
   for j in range(1, origins + 1):
@@ -207,8 +207,7 @@ def calibration(run, values, days, horizon, context, used_phases, origins):
       used_phases,
       max_context=tokens,
     )
-    low = f['median'] - factors * (f['median'] - f['low'])
-    high = f['median'] + factors * (f['high'] - f['median'])
+    low, high = metrics_lib.widen(f['low'], f['median'], f['high'], factors)
     covered += np.sum((low <= truth) & (truth <= high), axis=1)
     raw += int(np.sum((f['low'] <= truth) & (truth <= f['high'])))
     points += len(truth)
@@ -220,12 +219,10 @@ def calibration(run, values, days, horizon, context, used_phases, origins):
 
 def widen(forecast, factor):
   """The forecast with its interval widened by `factor` about the median."""
-  median = forecast['median']
-  return {
-    'median': median,
-    'low': median - factor * (median - forecast['low']),
-    'high': median + factor * (forecast['high'] - median),
-  }
+  low, high = metrics_lib.widen(
+    forecast['low'], forecast['median'], forecast['high'], factor
+  )
+  return {'median': forecast['median'], 'low': low, 'high': high}
 
 
 def plot(path, times, values, future, forecasts, context):

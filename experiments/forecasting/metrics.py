@@ -70,6 +70,12 @@ def finalize(totals):
   }
 
 
+def widen(low, median, high, factor):
+  """(low, high) of the interval scaled by `factor` about the median
+  (arrays or scalars that broadcast, numpy or jax.numpy)."""
+  return median - factor * (median - low), median + factor * (high - median)
+
+
 def calibrate(covered, points: float, interval: float) -> int:
   """The index in FACTORS of the calibrated widening factor.
 

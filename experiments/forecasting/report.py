@@ -5,9 +5,10 @@ r"""The tables of a forecasting run: ours beside every baseline, per series.
 reads the newest evaluation in `<workdir>/metrics.jsonl` and prints, for
 each series, one Markdown table of MASE, sMAPE, scaled pinball loss and the
 80% interval's coverage (ours and each baseline, same origins and points;
-for ours also the coverage and pinball loss of the interval calibrated on
-the calibration part, and its widening factor c), then one table of how much each method's MASE degrades when half of the
-history is dropped (the classical methods after linear interpolation).
+for ours, where a series has a calibration part, also the coverage and
+pinball loss of the calibrated interval and its widening factor c), then
+one table of how much each method's MASE degrades when half of the history
+is dropped (the classical methods after linear interpolation).
 """
 
 import math

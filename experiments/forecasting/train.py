@@ -14,7 +14,7 @@ baselines of baselines.py on exactly the same points.
 
 Interval calibration (split conformal): the series' `calibration_length`
 steps before the held-out part are not trained on. Our interval is widened
-(or narrowed) about the median by the smallest factor c of FACTORS whose
+(or narrowed) about the median by the smallest factor c of metrics.FACTORS whose
 interval covers at least the nominal share (times 1 + 1/n, n points) of the
 calibration origins' targets, and the held-out points are scored with it
 too. The raw interval's figures stay beside the calibrated ones. Keys, per
@@ -74,7 +74,6 @@ SERIES_KEYS = (
   'calibration_length',
   'weight',
 )
-FACTORS = metrics_lib.FACTORS
 
 
 def num_channels(config) -> int:
@@ -287,7 +286,7 @@ def thinned_values(config, index, series):
 def make_eval_fn(model, levels_all, num_groups):
   q = list(levels_all)
   low, mid, high = 0, q.index(0.5), len(q) - 1
-  factors = jnp.asarray(FACTORS, jnp.float32)[None, :, None]  # [1, C, 1]
+  factors = jnp.asarray(metrics_lib.FACTORS, jnp.float32)[None, :, None]
 
   def eval_fn(params, state, batch):
     pred, _ = model.apply(params, state, None, is_training=False, **batch)
@@ -303,21 +302,25 @@ def make_eval_fn(model, levels_all, num_groups):
       batch['mase_scale'],
       (q[low], 0.5, q[high]),
     )
-    # The interval widened by each factor c about the median: [B, C, H].
+    # The interval widened by each factor about the median, flattened to
+    # [B * C, H] windows for metrics.sums.
     b, h = mask.shape
-    c = len(FACTORS)
-    median = pred[:, None, :, mid]
+    c = len(metrics_lib.FACTORS)
+    median = pred[:, None, :, mid]  # [B, 1, H]
+    wide_low, wide_high = metrics_lib.widen(
+      pred[:, None, :, low], median, pred[:, None, :, high], factors
+    )  # [B, C, H]
+
+    def flat(x):
+      return jnp.reshape(jnp.broadcast_to(x, (b, c, h)), (-1, h))
+
     widened = metrics_lib.sums(
       jnp,
-      jnp.reshape(median - factors * (median - pred[:, None, :, low]), (-1, h)),
-      jnp.reshape(jnp.broadcast_to(median, (b, c, h)), (-1, h)),
-      jnp.reshape(
-        median + factors * (pred[:, None, :, high] - median), (-1, h)
-      ),
-      jnp.reshape(
-        jnp.broadcast_to(batch['y_raw'][:, None], (b, c, h)), (-1, h)
-      ),
-      jnp.reshape(jnp.broadcast_to(mask[:, None], (b, c, h)), (-1, h)),
+      flat(wide_low),
+      flat(median),
+      flat(wide_high),
+      flat(batch['y_raw'][:, None]),
+      flat(mask[:, None]),
       jnp.repeat(batch['mase_scale'], c),
       (q[low], 0.5, q[high]),
     )
@@ -426,7 +429,7 @@ def make_eval_finalize(config, specs, baselines: BaselineJob):
         )
         points = float(totals['points'])
         prefix = f'{name}{suffix}'
-        out[f'{prefix}_interval_scale'] = FACTORS[i]
+        out[f'{prefix}_interval_scale'] = metrics_lib.FACTORS[i]
         out[f'{prefix}_calibration_coverage'] = (
           float(sums['coverage'][cal]) / cal_points if cal_points else np.nan
         )
