@@ -2,10 +2,12 @@
 
 Loss (paper Sec. 4.3):
 
-  loss = w_video * L1(video) + w_audio * L1(audio) + w_label * CE(label)
+  loss = w_video * L1(video) + w_video_mse * MSE(video)
+         + w_audio * L1(audio) + w_label * CE(label)
 
-with the weights of `config.loss` (paper: 0.03, 1, 1e-4), L1 the mean
-absolute error over the decoded points and CE the label cross-entropy. In
+with the weights of `config.loss` (paper: 0.03, 0, 1, 1e-4), L1 the mean
+absolute error and MSE the mean squared error over the decoded points, CE
+the label cross-entropy. In
 training each example decodes its own random subset of points
 (`data.train_image_points` pixels, `data.train_audio_samples` samples) and
 the label, whose input is masked on `data.label_mask_prob` of the examples.
@@ -84,10 +86,12 @@ def compression(config: ml_collections.ConfigDict) -> dict[str, float]:
 
 
 def loss_terms(outputs, video_targets, audio_targets, labels):
-  """Mean L1 of video and audio, mean CE and accuracy of the label."""
+  """Mean L1 (and video MSE) of video and audio, mean CE and accuracy of
+  the label."""
   ce = optax.softmax_cross_entropy_with_integer_labels(outputs['label'], labels)
   return {
     'video_l1': jnp.mean(jnp.abs(outputs['image'] - video_targets)),
+    'video_mse': jnp.mean((outputs['image'] - video_targets) ** 2),
     'audio_l1': jnp.mean(jnp.abs(outputs['audio'] - audio_targets)),
     'label_ce': jnp.mean(ce),
     'label_accuracy': jnp.mean(jnp.argmax(outputs['label'], -1) == labels),
@@ -132,6 +136,7 @@ def make_loss_fn(model, config):
     terms = loss_terms(outputs, video, audio, batch['label'])
     loss = (
       weights.video * terms['video_l1']
+      + weights.video_mse * terms['video_mse']
       + weights.audio * terms['audio_l1']
       + weights.label * terms['label_ce']
     )

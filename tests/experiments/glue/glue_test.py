@@ -1,6 +1,7 @@
 """GLUE fine-tuning end to end on mock data, and the summary."""
 
 import os
+import tempfile
 
 import jax
 import numpy as np
@@ -80,8 +81,11 @@ class EndToEndTest(parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     # A tiny pretrained masked LM to start from.
-    cls.mlm_dir = absltest.get_default_test_tmpdir() + '/glue_test_mlm'
-    text_dir = absltest.get_default_test_tmpdir() + '/glue_test_text'
+    # A fresh folder: a run left by an earlier session must not resume.
+    os.makedirs(absltest.get_default_test_tmpdir(), exist_ok=True)
+    root = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    cls.mlm_dir = os.path.join(root, 'glue_test_mlm')
+    text_dir = os.path.join(root, 'glue_test_text')
     os.makedirs(text_dir, exist_ok=True)
     with open(os.path.join(text_dir, 'a.txt'), 'w', encoding='utf-8') as f:
       f.write('a small text to pretrain on. ' * 50)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import tempfile
 
 import multimodal_autoencoding_kinetics_test as kinetics_test
 from absl.testing import absltest
@@ -17,7 +18,10 @@ class AutoencodeTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.run_dir = os.path.join(absltest.get_default_test_tmpdir(), 'mmae_run')
+    # A fresh folder: a run left by an earlier session must not resume.
+    os.makedirs(absltest.get_default_test_tmpdir(), exist_ok=True)
+    root = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    cls.run_dir = os.path.join(root, 'mmae_run')
     config = config_lib.get_config('local,tiny')
     config.num_train_steps = 1
     config.log_every_steps = config.checkpoint_every_steps = 1

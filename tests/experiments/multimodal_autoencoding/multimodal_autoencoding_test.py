@@ -140,22 +140,34 @@ class LossAndMetricsTest(absltest.TestCase):
     params, state = task.model.init(jax.random.PRNGKey(0), **task.init_batch)
     losses = {}
     for name, weights in (
-      ('video', (1.0, 0.0, 0.0)),
-      ('audio', (0.0, 1.0, 0.0)),
-      ('label', (0.0, 0.0, 1.0)),
-      ('all', (0.03, 1.0, 1e-4)),
+      ('video', (1.0, 0.0, 0.0, 0.0)),
+      ('video_mse', (0.0, 1.0, 0.0, 0.0)),
+      ('audio', (0.0, 0.0, 1.0, 0.0)),
+      ('label', (0.0, 0.0, 0.0, 1.0)),
+      ('all', (0.03, 2.0, 1.0, 1e-4)),
     ):
-      config.loss.video, config.loss.audio, config.loss.label = weights
+      loss_weights = config.loss
+      (
+        loss_weights.video,
+        loss_weights.video_mse,
+        loss_weights.audio,
+        loss_weights.label,
+      ) = weights
       loss, (metrics, _) = train.make_loss_fn(task.model, config)(
         params, state, batch, None, True
       )
       losses[name] = float(loss)
     self.assertAlmostEqual(losses['video'], float(metrics['video_l1']), 5)
+    self.assertAlmostEqual(losses['video_mse'], float(metrics['video_mse']), 5)
+    self.assertGreater(losses['video_mse'], 0.0)
     self.assertAlmostEqual(losses['audio'], float(metrics['audio_l1']), 5)
     self.assertAlmostEqual(losses['label'], float(metrics['label_ce']), 5)
     self.assertAlmostEqual(
       losses['all'],
-      0.03 * losses['video'] + losses['audio'] + 1e-4 * losses['label'],
+      0.03 * losses['video']
+      + 2.0 * losses['video_mse']
+      + losses['audio']
+      + 1e-4 * losses['label'],
       5,
     )
 
