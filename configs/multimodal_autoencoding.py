@@ -47,7 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.variant = args.variant
   config.model = models.get_config(models.VIDEO_AUTOENCODING)
-  config.model.decoder.num_heads = 1  # The released model's one head.
+  # The released model's one head and MLP width.
+  config.model.decoder.update(dict(num_heads=1, widening_factor=1))
   config.loss = ml_collections.ConfigDict(
     dict(video=0.03, video_mse=0.0, audio=1.0, label=1e-4)
   )

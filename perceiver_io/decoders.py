@@ -47,7 +47,8 @@ class BasicDecoder(AbstractPerceiverDecoder):
 
   With `position_encoding_type='none'` the queries come from elsewhere (the
   multimodal and flow decoders). `subsampled_points` in `decoder_query` pick
-  a subset of the `output_index_dims` grid by flat index.
+  a subset of the `output_index_dims` grid by flat index. `widening_factor`
+  sizes the cross-attention's MLP (1 in every released model).
   """
 
   def __init__(
@@ -63,6 +64,7 @@ class BasicDecoder(AbstractPerceiverDecoder):
     output_w_init=None,
     concat_preprocessed_input: bool = False,
     num_heads: int = 1,
+    widening_factor: int = 1,
     name: str = 'basic_decoder',
     final_project: bool = True,
     runtime: runtime_lib.Runtime = runtime_lib.DEFAULT,
@@ -111,6 +113,7 @@ class BasicDecoder(AbstractPerceiverDecoder):
     self._v_channels = v_channels
     self._final_project = final_project
     self._num_heads = num_heads
+    self._widening_factor = widening_factor
     self._concat_preprocessed_input = concat_preprocessed_input
     self._runtime = runtime
 
@@ -193,7 +196,7 @@ class BasicDecoder(AbstractPerceiverDecoder):
     cross_attention = attention.CrossAttention(
       dropout_prob=0.0,
       num_heads=self._num_heads,
-      widening_factor=1,
+      widening_factor=self._widening_factor,
       shape_for_attn='kv',
       qk_channels=self._qk_channels,
       v_channels=self._v_channels,

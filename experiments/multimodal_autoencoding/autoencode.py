@@ -17,9 +17,10 @@ cut with the frames. The label input is masked. Writes to --output_dir:
 
 and prints the PSNRs and the top-5 class names (averaged logits over the
 windows). --checkpoint is our run directory, or a released
-`video_autoencoding_checkpoint.pystate` (then the `paper` config; its 700
-Kinetics class names come from --class_names, a file with one name a line;
-without it classes are shown by index).
+`video_autoencoding_checkpoint.pystate` (then the `paper` config). A
+700-class model's classes are named by the shipped Kinetics-700 names
+(`kinetics_classes.py`, sorted), the digits model's by digit;
+--class_names, a file with one name a line, overrides either.
 """
 
 import json
@@ -29,6 +30,7 @@ import wave
 import numpy as np
 
 from experiments.multimodal_autoencoding import kinetics
+from experiments.multimodal_autoencoding import kinetics_classes
 
 
 class AutoencodeError(ValueError):
@@ -121,6 +123,16 @@ def write_strip(path, original, reconstruction):
   )
 
 
+def default_class_names(config):
+  """The shipped names of the config's classes, or None."""
+  K = config.model.num_classes
+  if len(kinetics_classes.KINETICS_700) == K:
+    return list(kinetics_classes.KINETICS_700)
+  if config.data.source == 'digits':
+    return [f'digit {k}' for k in range(K)]
+  return None
+
+
 def autoencode(checkpoint, video, output_dir, class_names_file=''):
   """Runs the command; returns the results dict it writes."""
   import jax
@@ -155,7 +167,7 @@ def autoencode(checkpoint, video, output_dir, class_names_file=''):
   to_db = lambda mse, r: [  # noqa: E731
     float(x) for x in np.asarray(train.psnr(mse, r))
   ]
-  names = None
+  names = default_class_names(config)
   if class_names_file:
     with open(class_names_file, encoding='utf-8') as f:
       names = [line.strip() for line in f if line.strip()]
@@ -238,7 +250,9 @@ if __name__ == '__main__':
   flags.DEFINE_string('video', None, 'The video file to autoencode.')
   flags.DEFINE_string('output_dir', None, 'Where the outputs go.')
   flags.DEFINE_string(
-    'class_names', '', 'Class names, one a line (700 for Kinetics).'
+    'class_names',
+    '',
+    'Class names, one a line; default: the shipped Kinetics-700 names for a 700-class model, digits for the local one.',
   )
   flags.mark_flags_as_required(['checkpoint', 'video', 'output_dir'])
   from experiments import cli

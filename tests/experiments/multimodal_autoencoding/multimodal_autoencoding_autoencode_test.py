@@ -11,6 +11,7 @@ from PIL import Image
 from configs import multimodal_autoencoding as config_lib
 from experiments import trainer
 from experiments.multimodal_autoencoding import autoencode
+from experiments.multimodal_autoencoding import kinetics_classes
 from experiments.multimodal_autoencoding import train
 
 
@@ -33,19 +34,37 @@ class AutoencodeTest(absltest.TestCase):
     kinetics_test.write_video(video, 5, size=(30, 50))  # 2 windows of 2.
     names = os.path.join(tmp, 'names.txt')
     with open(names, 'w') as f:
-      f.write('\n'.join(f'digit {k}' for k in range(10)))
+      f.write('\n'.join(f'custom {k}' for k in range(10)))
     out = os.path.join(tmp, 'out')
     results = autoencode.autoencode(self.run_dir, video, out, names)
     self.assertEqual(results['windows'], 2)
     self.assertLen(results['video_psnr'], 2)
     self.assertLen(results['top5'], 5)
-    self.assertTrue(results['top5'][0]['name'].startswith('digit '))
+    self.assertEqual(
+      [t['name'] for t in results['top5']],
+      [f'custom {t["class"]}' for t in results['top5']],
+    )
+    # Without --class_names the digits model names its classes by digit.
+    default = autoencode.autoencode(self.run_dir, video, out)
+    self.assertEqual(
+      [t['name'] for t in default['top5']],
+      [f'digit {t["class"]}' for t in default['top5']],
+    )
     for name in ('reconstruction.mp4', 'reconstruction.wav', 'original.wav'):
       self.assertGreater(os.path.getsize(os.path.join(out, name)), 0)
     strip = Image.open(os.path.join(out, 'strip.png'))
     self.assertEqual(strip.size, (2 * 24, 2 * 24))  # 2 frames, 2 rows.
     with open(os.path.join(out, 'results.json')) as f:
       self.assertEqual(json.load(f)['windows'], 2)
+
+  def test_kinetics_700_names_are_shipped_sorted(self):
+    names = kinetics_classes.KINETICS_700
+    self.assertLen(set(names), 700)
+    self.assertEqual(list(names), sorted(names))  # kinetics.class_names order.
+    for name in ('abseiling', "massaging person's head", 'zumba'):
+      self.assertIn(name, names)
+    paper = config_lib.get_config('paper')
+    self.assertEqual(autoencode.default_class_names(paper), list(names))
 
   def test_named_errors(self):
     tmp = self.create_tempdir().full_path
