@@ -252,7 +252,8 @@ if __name__ == '__main__':
   flags.DEFINE_string(
     'class_names',
     '',
-    'Class names, one a line; default: the shipped Kinetics-700 names for a 700-class model, digits for the local one.',
+    'Class names, one a line; default: the shipped Kinetics-700 names for '
+    'a 700-class model, digits for the local one.',
   )
   flags.mark_flags_as_required(['checkpoint', 'video', 'output_dir'])
   from experiments import cli

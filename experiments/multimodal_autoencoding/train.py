@@ -7,10 +7,10 @@ Loss (paper Sec. 4.3):
 
 with the weights of `config.loss` (paper: 0.03, 0, 1, 1e-4), L1 the mean
 absolute error and MSE the mean squared error over the decoded points, CE
-the label cross-entropy. In
-training each example decodes its own random subset of points
-(`data.train_image_points` pixels, `data.train_audio_samples` samples) and
-the label, whose input is masked on `data.label_mask_prob` of the examples.
+the label cross-entropy. In training each example decodes its own random
+subset of points (`data.train_image_points` pixels,
+`data.train_audio_samples` samples) and the label, whose input is masked on
+`data.label_mask_prob` of the examples.
 Evaluation decodes every point (in `eval.num_decode_chunks` chunks) with the
 label always masked.
 
@@ -86,7 +86,7 @@ def compression(config: ml_collections.ConfigDict) -> dict[str, float]:
 
 
 def loss_terms(outputs, video_targets, audio_targets, labels):
-  """Mean L1 (and video MSE) of video and audio, mean CE and accuracy of
+  """Mean L1 of video and audio, mean MSE of video, mean CE and accuracy of
   the label."""
   ce = optax.softmax_cross_entropy_with_integer_labels(outputs['label'], labels)
   return {
