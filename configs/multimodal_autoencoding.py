@@ -29,6 +29,7 @@ Config argument: `<variant>[,tiny]` with variant `local` (default), `paper`,
 """
 
 import ml_collections
+import numpy as np
 
 from experiments import config_utils
 from perceiver_io import models
@@ -49,6 +50,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = models.get_config(models.VIDEO_AUTOENCODING)
   # The released model's one head and MLP width.
   config.model.decoder.update(dict(num_heads=1, widening_factor=1))
+  # Pixels (frames, height, width) each image query decodes; 1x1x1 as
+  # released (model.py).
+  config.model.image_output_patch = (1, 1, 1)
   config.loss = ml_collections.ConfigDict(
     dict(video=0.03, video_mse=0.0, audio=1.0, label=1e-4)
   )
@@ -271,11 +275,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(
         f'config.data.{key}={d[key]} differs from config.model.{key}={m[key]}.'
       )
+  from experiments.multimodal_autoencoding import model as model_lib
+
+  patch = model_lib.image_patch(m)
+  model_lib.patch_grid((m.num_frames, *m.image_size), patch)
   pixels = m.num_frames * m.image_size[0] * m.image_size[1]
   if not 0 < d.train_image_points <= pixels:
     raise ValueError(
       f'config.data.train_image_points={d.train_image_points} must be in '
       f'1..{pixels} (frames x height x width).'
+    )
+  if d.train_image_points % int(np.prod(patch)):
+    raise ValueError(
+      f'config.data.train_image_points={d.train_image_points} is not a '
+      f'whole number of output patches of {patch} pixels '
+      '(config.model.image_output_patch).'
     )
   if not 0 < d.train_audio_samples <= m.audio_samples:
     raise ValueError(

@@ -102,18 +102,25 @@ def output_points(data, model_config, batch, rng):
   """Per-example random output points to decode in training.
 
   Returns:
-    (int32[B, n] flat pixel indices, int32[B, m] audio patch indices), each
-    row without repeats; n = `data.train_image_points`, m =
-    `data.train_audio_samples` / samples per patch.
+    (int32[B, n] flat indices into the grid of image output patches,
+    int32[B, m] audio patch indices), each row without repeats; n =
+    `data.train_image_points` / pixels per output patch (pixel indices when
+    the patch is 1x1x1, as released), m = `data.train_audio_samples` /
+    samples per audio patch.
   """
-  num_pixels = data.num_frames * int(np.prod(data.image_size))
+  from experiments.multimodal_autoencoding import model as model_lib
+
+  patch = model_lib.image_patch(model_config)
+  grid = model_lib.patch_grid((data.num_frames, *data.image_size), patch)
+  num_queries = int(np.prod(grid))
+  n = data.train_image_points // int(np.prod(patch))
   per_patch = model_config.audio_preprocessor.samples_per_patch
   num_patches = data.audio_samples // per_patch
   m = data.train_audio_samples // per_patch
-  image = np.argsort(rng.random((batch, num_pixels)), axis=1)
+  image = np.argsort(rng.random((batch, num_queries)), axis=1)
   audio = np.argsort(rng.random((batch, num_patches)), axis=1)
   return (
-    image[:, : data.train_image_points].astype(np.int32),
+    image[:, :n].astype(np.int32),
     audio[:, :m].astype(np.int32),
   )
 

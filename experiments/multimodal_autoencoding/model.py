@@ -11,10 +11,16 @@ needs and the released forward function lacks:
   example is then run on its own (`jax.vmap`), decoding its own subset;
 - `image_points=None` decodes every point: the latents are computed once and
   the queries are decoded in `num_decode_chunks` chunks (`hk.scan`), so the
-  [B, T*H*W, C] query array is never built whole.
+  [B, T*H*W, C] query array is never built whole;
+- each image query may decode a patch of pixels (`config.image_output_patch`
+  (t, h, w), default (1, 1, 1) as released): the queries are then the points
+  of the [T/t, H/h, W/w] patch grid, and the image postprocessor gives the
+  3*t*h*w values of a patch, so a query supervises t*h*w pixels for the
+  cost of one.
 
 Shape letters: B batch, T frames, H height, W width, A audio samples, P
-samples per audio patch, K classes, n image points, m audio patches.
+samples per audio patch, K classes, n image queries (patch-grid points), Q
+pixels per image query, m audio patches.
 """
 
 import dataclasses
@@ -92,6 +98,55 @@ class MaskedMultimodalPreprocessor(hk.Module):
     return jnp.concatenate(ordered, axis=1), sizes, raw
 
 
+def image_patch(model_config) -> tuple[int, int, int]:
+  """The (t, h, w) pixels each image query decodes ((1, 1, 1) as released)."""
+  patch = tuple(
+    int(x) for x in model_config.get('image_output_patch', (1,) * 3)
+  )
+  if len(patch) != 3 or min(patch) < 1:
+    raise ValueError(
+      f'config.model.image_output_patch={patch} must be 3 positive sizes '
+      '(frames, height, width).'
+    )
+  return patch
+
+
+def patch_grid(video_shape, patch) -> tuple[int, int, int]:
+  """The [T/t, H/h, W/w] grid of image queries of a [T, H, W] video.
+
+  Raises:
+    ValueError: when the output patch does not divide the video.
+  """
+  size = tuple(int(n) for n in video_shape)
+  if any(n % p for n, p in zip(size, patch, strict=True)):
+    raise ValueError(
+      f'config.model.image_output_patch={patch} does not divide the video '
+      f'[frames, height, width]={list(size)}.'
+    )
+  return tuple(n // p for n, p in zip(size, patch, strict=True))
+
+
+def patchify(images, patch):
+  """[B, T, H, W, 3] -> [B, n, Q, 3]: the pixels of each output patch, the
+  patches in raster order of the patch grid, the pixels in raster order
+  within a patch."""
+  B, T, H, W, C = images.shape
+  t, h, w = patch
+  x = images.reshape(B, T // t, t, H // h, h, W // w, w, C)
+  x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
+  return x.reshape(B, (T // t) * (H // h) * (W // w), t * h * w, C)
+
+
+def unpatchify(patches, video_shape, patch):
+  """`patchify`'s inverse: [B, n, Q, 3] -> [B, T*H*W, 3] (raster order)."""
+  T, H, W = video_shape
+  t, h, w = patch
+  B, C = patches.shape[0], patches.shape[-1]
+  x = patches.reshape(B, T // t, H // h, W // w, t, h, w, C)
+  x = x.transpose(0, 1, 4, 2, 5, 3, 6, 7)
+  return x.reshape(B, T * H * W, C)
+
+
 def _chunk_points(total: int, num_chunks: int) -> np.ndarray:
   """int[num_chunks, ceil(total / num_chunks)] indices 0..total-1, padded
   with the last index (the padded outputs are dropped again)."""
@@ -122,15 +177,19 @@ def _forward(
     audio: [B, A, 1].
     label: [B, K] one-hot (any values where masked).
     label_mask: [B], 1 where the label input is replaced by the mask token.
-    image_points: int[n] flat indices into [T, H, W], or None for all.
+    image_points: int[n] flat indices into the [T/t, H/h, W/w] grid of
+      output patches (`patch_grid`; [T, H, W] pixels when the patch is
+      1x1x1), or None for all.
     audio_points: int[m] audio patch indices; None exactly when
       `image_points` is None.
     is_training: enables dropout.
     num_decode_chunks: chunks of the full decoding (points None).
 
   Returns:
-    {'image': [B, n, 3], 'audio': [B, m * P], 'label': [B, K]}; n = T*H*W
-    and m = A / P when decoding everything.
+    {'image': [B, n * Q, 3], 'audio': [B, m * P], 'label': [B, K]}: the
+    image as the pixels of each decoded patch in turn (`patchify` order);
+    when decoding everything, the image is [B, T*H*W, 3] in raster order
+    and m = A / P.
   """
   if images.ndim != 5:
     raise ValueError(f'images must be [B, T, H, W, 3]; got {images.shape}.')
@@ -138,6 +197,9 @@ def _forward(
     raise ValueError('Give both image_points and audio_points, or neither.')
   per_patch = config.audio_preprocessor.samples_per_patch
   num_patches = audio.shape[1] // per_patch
+  patch = image_patch(config)
+  grid = patch_grid(images.shape[1:4], patch)
+  pixels_per_query = int(np.prod(patch))
   preprocessor = MaskedMultimodalPreprocessor(
     modalities={
       'audio': models._construct(  # pylint: disable=protected-access
@@ -153,7 +215,9 @@ def _forward(
   postprocessor = postprocessors.MultimodalPostprocessor(
     modalities={
       'audio': postprocessors.AudioPostprocessor(samples_per_patch=per_patch),
-      'image': postprocessors.ProjectionPostprocessor(num_outputs=3),
+      'image': postprocessors.ProjectionPostprocessor(
+        num_outputs=3 * pixels_per_query
+      ),
       'label': postprocessors.ClassificationPostprocessor(
         num_classes=config.num_classes
       ),
@@ -174,7 +238,7 @@ def _forward(
       'image': construct(
         decoders.BasicVideoAutoencodingDecoder,
         section='image_decoder',
-        output_shape=tuple(images.shape[:4]),
+        output_shape=(images.shape[0], *grid),
         runtime=runtime,
       ),
       'label': construct(
@@ -201,7 +265,7 @@ def _forward(
     points = {'image': image_pts, 'audio': audio_pts, 'label': None}
     query = decoder.decoder_query(inputs, sizes, raw, subsampled_points=points)
     out = decoder(query, z, is_training=is_training)  # [B, n + m + 1, C']
-    return postprocessor(
+    outputs = postprocessor(
       out,
       is_training=is_training,
       modality_sizes={
@@ -210,18 +274,27 @@ def _forward(
         'label': 1,
       },
     )
+    image = outputs['image']  # [B, n, 3 * Q]
+    outputs['image'] = image.reshape(image.shape[0], -1, 3)  # [B, n * Q, 3]
+    return outputs
 
   if image_points is not None:
     return decode(image_points, audio_points)
 
   # --- Decode every point, in chunks ---
-  num_pixels = int(np.prod(images.shape[1:4]))
+  num_queries = int(np.prod(grid))
   chunks = (
-    _chunk_points(num_pixels, num_decode_chunks),
+    _chunk_points(num_queries, num_decode_chunks),
     _chunk_points(num_patches, num_decode_chunks),
   )
+
+  def whole_image(image):  # [B, num_queries * Q, 3] -> [B, T*H*W, 3]
+    image = image.reshape(image.shape[0], num_queries, pixels_per_query, 3)
+    return unpatchify(image, images.shape[1:4], patch)
+
   if num_decode_chunks == 1:
-    return decode(*(jnp.asarray(c[0]) for c in chunks))
+    outs = decode(*(jnp.asarray(c[0]) for c in chunks))
+    return {**outs, 'image': whole_image(outs['image'])}
 
   def step(carry, pts):
     return carry, decode(*pts)
@@ -233,7 +306,7 @@ def _forward(
     return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :total]
 
   return {
-    'image': join(outs['image'], num_pixels),
+    'image': whole_image(join(outs['image'], num_queries * pixels_per_query)),
     'audio': join(outs['audio'], num_patches * per_patch),
     'label': outs['label'][0],
   }

@@ -8,7 +8,8 @@ Loss (paper Sec. 4.3):
 with the weights of `config.loss` (paper: 0.03, 0, 1, 1e-4), L1 the mean
 absolute error and MSE the mean squared error over the decoded points, CE
 the label cross-entropy. In training each example decodes its own random
-subset of points (`data.train_image_points` pixels,
+subset of points (`data.train_image_points` pixels, in patches of
+`model.image_output_patch` pixels per query,
 `data.train_audio_samples` samples) and the label, whose input is masked on
 `data.label_mask_prob` of the examples.
 Evaluation decodes every point (in `eval.num_decode_chunks` chunks) with the
@@ -116,6 +117,7 @@ def make_loss_fn(model, config):
   weights = config.loss
   per_patch = config.model.audio_preprocessor.samples_per_patch
   num_classes = config.model.num_classes
+  patch = model_lib.image_patch(config.model)
 
   def loss_fn(params, state, batch, rng, is_training):
     outputs, new_state = model.apply(
@@ -127,8 +129,10 @@ def make_loss_fn(model, config):
     )
     images = batch['images']
     B = images.shape[0]
-    flat = images.reshape(B, -1, images.shape[-1])  # [B, T*H*W, 3]
-    video = jnp.take_along_axis(flat, batch['image_points'][..., None], axis=1)
+    patches = model_lib.patchify(images, patch)  # [B, T*H*W / Q, Q, 3]
+    points = batch['image_points'][..., None, None]  # [B, n, 1, 1]
+    video = jnp.take_along_axis(patches, points, axis=1)  # [B, n, Q, 3]
+    video = video.reshape(B, -1, images.shape[-1])  # [B, n * Q, 3]
     patches = batch['audio'].reshape(B, -1, per_patch)  # [B, A / P, P]
     audio = jnp.take_along_axis(
       patches, batch['audio_points'][..., None], axis=1
@@ -249,7 +253,7 @@ def build_task(config: ml_collections.ConfigDict) -> trainer.Task:
     return batch_arrays(cache['eval'], eval_batch_size)
 
   m = config.model
-  n = config.data.train_image_points
+  n = config.data.train_image_points // int(np.prod(model_lib.image_patch(m)))
   init_batch = {
     'images': np.zeros((1, m.num_frames, *m.image_size, 3), np.float32),
     'audio': np.zeros((1, m.audio_samples, 1), np.float32),

@@ -263,6 +263,101 @@ class ConfigTest(absltest.TestCase):
       train.build_task(config)
 
 
+class OutputPatchTest(absltest.TestCase):
+  """Image queries that each decode a patch of pixels."""
+
+  def test_patchify_groups_each_patch_and_unpatchify_inverts_it(self):
+    video = np.arange(2 * 4 * 6 * 8 * 3, dtype=np.float32).reshape(
+      2, 4, 6, 8, 3
+    )
+    patch = (2, 3, 2)
+    patches = np.asarray(model_lib.patchify(video, patch))
+    self.assertEqual(patches.shape, (2, 2 * 2 * 4, 12, 3))
+    # Patch (i, j, k) of the [2, 2, 4] grid holds pixels t in 2i..2i+1,
+    # y in 3j..3j+2, x in 2k..2k+1, in raster order.
+    i, j, k = 1, 0, 3
+    index = (i * 2 + j) * 4 + k
+    expected = video[1, 2 * i : 2 * i + 2, 3 * j : 3 * j + 3, 2 * k : 2 * k + 2]
+    np.testing.assert_array_equal(patches[1, index], expected.reshape(12, 3))
+    np.testing.assert_array_equal(
+      model_lib.unpatchify(patches, (4, 6, 8), patch),
+      video.reshape(2, -1, 3),
+    )
+    with self.assertRaisesRegex(ValueError, 'does not divide'):
+      model_lib.patch_grid((4, 6, 8), (1, 4, 1))
+
+  def test_patch_queries_decode_those_pixels_and_train_on_them(self):
+    config = tiny_config()
+    config.model.image_output_patch = (1, 2, 2)
+    config.data.train_image_points = 16  # 4 queries of 2x2 pixels.
+    config_lib.validate(config)
+    inputs = _inputs(config)
+    one = model_lib.build_model(config.model, num_decode_chunks=1)
+    three = model_lib.build_model(config.model, num_decode_chunks=3)
+    params, state = one.init(jax.random.PRNGKey(0), **inputs)
+    self.assertEqual(
+      params['projection_postprocessor/linear']['w'].shape[-1], 12
+    )
+    full, _ = jax.jit(lambda p: one.apply(p, state, None, **inputs))(params)
+    chunked, _ = jax.jit(lambda p: three.apply(p, state, None, **inputs))(
+      params
+    )
+    self.assertEqual(full['image'].shape, (2, 2 * 24 * 24, 3))
+    for key in full:
+      np.testing.assert_allclose(chunked[key], full[key], atol=1e-5)
+    # Per-example patch points decode the pixels of those patches.
+    task = train.build_task(config)
+    batch = next(task.train_batches(0))
+    points = batch['image_points']
+    self.assertEqual(points.shape, (4, 4))
+    self.assertLess(int(points.max()), 2 * 12 * 12)
+    batch = {k: v[:2] for k, v in batch.items()}
+    for key in ('images', 'audio', 'label_mask'):
+      batch[key] = inputs[key]
+    batch['label'] = np.argmax(inputs['label'], -1)
+    sub, _ = jax.jit(
+      lambda p: one.apply(
+        p,
+        state,
+        None,
+        **train.model_inputs(batch, config.model.num_classes),
+      )
+    )(params)
+    self.assertEqual(sub['image'].shape, (2, 16, 3))
+    whole = np.asarray(full['image']).reshape(2, 2, 24, 24, 3)
+    pixels = np.asarray(model_lib.patchify(whole, (1, 2, 2)))
+    targets = np.asarray(model_lib.patchify(batch['images'], (1, 2, 2)))
+    for b in range(2):
+      np.testing.assert_allclose(
+        sub['image'][b], pixels[b, points[b]].reshape(16, 3), atol=1e-5
+      )
+    # The loss compares each decoded pixel with its own target pixel.
+    config.loss.update(dict(video=0.0, video_mse=1.0, audio=0.0, label=0.0))
+    loss, _ = train.make_loss_fn(one, config)(params, state, batch, None, False)
+    hand = np.mean(
+      [
+        (np.asarray(sub['image'][b]) - targets[b, points[b]].reshape(16, 3))
+        ** 2
+        for b in range(2)
+      ]
+    )
+    self.assertAlmostEqual(float(loss), float(hand), 5)
+
+  def test_points_that_are_not_whole_patches_are_named(self):
+    config = tiny_config()
+    config.model.image_output_patch = (1, 2, 2)
+    config.data.train_image_points = 30
+    with self.assertRaisesRegex(ValueError, 'train_image_points=30'):
+      config_lib.validate(config)
+    config.data.train_image_points = 32
+    config.model.image_output_patch = (1, 5, 1)
+    with self.assertRaisesRegex(ValueError, 'image_output_patch'):
+      config_lib.validate(config)
+    config.model.image_output_patch = (1, 0, 1)
+    with self.assertRaisesRegex(ValueError, '3 positive sizes'):
+      config_lib.validate(config)
+
+
 class EndToEndTest(absltest.TestCase):
   def test_train_preempt_resume_exact(self):
     config = tiny_config()
