@@ -129,9 +129,9 @@ def make_loss_fn(model, config):
     )
     images = batch['images']
     B = images.shape[0]
-    patches = model_lib.patchify(images, patch)  # [B, T*H*W / Q, Q, 3]
+    pixels = model_lib.patchify(images, patch)  # [B, T*H*W / Q, Q, 3]
     points = batch['image_points'][..., None, None]  # [B, n, 1, 1]
-    video = jnp.take_along_axis(patches, points, axis=1)  # [B, n, Q, 3]
+    video = jnp.take_along_axis(pixels, points, axis=1)  # [B, n, Q, 3]
     video = video.reshape(B, -1, images.shape[-1])  # [B, n * Q, 3]
     patches = batch['audio'].reshape(B, -1, per_patch)  # [B, A / P, P]
     audio = jnp.take_along_axis(
